@@ -1,0 +1,1 @@
+//! agentmesh blind relay: forwards ciphertext between daemons by node id.

@@ -1,0 +1,1 @@
+//! agentmesh rendezvous service: registry, discovery, introductions, STUN responder.

@@ -1,0 +1,1 @@
+//! agentmeshd: the per-host daemon.
