@@ -1,1 +1,6 @@
-//! agentmesh deterministic NAT simulator (sans-IO) and the netns lab for real kernel NAT.
+//! agentmesh netsim: a deterministic NAT simulator (sans-IO) and the netns lab for real
+//! kernel NAT.
+
+pub mod behavior;
+
+pub use behavior::{Filtering, Mapping, Preset};
