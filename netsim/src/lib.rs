@@ -2,5 +2,6 @@
 //! kernel NAT.
 
 pub mod behavior;
+pub mod netns;
 
 pub use behavior::{Filtering, Mapping, Preset};

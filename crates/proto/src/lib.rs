@@ -11,6 +11,9 @@ pub mod id;
 pub mod json;
 pub mod keyfile;
 pub mod manifest;
+pub mod relay;
+pub mod rendezvous;
+pub mod sealed;
 pub mod task;
 pub mod topic;
 

@@ -1,0 +1,1 @@
+//! Rendezvous wire messages: node sessions, registry, discovery, subscriptions index, introductions.

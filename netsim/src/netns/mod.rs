@@ -1,0 +1,1 @@
+//! The netns lab: real Linux NAT in network namespaces (nftables, coturn, miniupnpd).
