@@ -1,1 +1,436 @@
 //! Relay wire messages: client authentication, forwarded frames by destination node id, control frames.
+//!
+//! Both transports carry the same frames ([`crate::frame`]: `length | version | bincode`).
+//! On TCP/TLS the frames follow each other on the stream. On UDP each datagram is
+//! [`UDP_MAGIC`] followed by exactly one frame, so the daemon can tell relay datagrams
+//! from QUIC (first byte has bit `0x40` set) and STUN (first two bits `00`, cookie
+//! `0x2112A442`) on its single socket: the magic's first byte `0xA7` is `10xx_xxxx`.
+//!
+//! Authentication: the client says [`ClientMsg::Hello`], the relay answers
+//! [`RelayMsg::Challenge`] with a fresh single-use nonce and its own node id, the client
+//! answers [`ClientMsg::Auth`] with its node id and a signature over [`auth_message`]
+//! (nonce, relay id, transport). The relay then pins that node id to the UDP address or
+//! TCP connection and forwards only frames arriving there as coming from it.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::frame::{self, FrameError};
+use crate::id::{IdError, NodeId, SecretKey, Signature};
+
+/// Prefix of every relay datagram on UDP.
+pub const UDP_MAGIC: [u8; 4] = [0xA7, b'A', b'M', b'R'];
+/// Relay protocol version spoken by this build.
+pub const RELAY_VERSION: u16 = 1;
+/// Minimum length of a UDP datagram carrying [`ClientMsg::Hello`], so a challenge is
+/// never larger than the request that caused it (no amplification).
+pub const MIN_UDP_HELLO: usize = 128;
+/// Domain separation for the authentication signature.
+pub const AUTH_CONTEXT: &[u8] = b"agentmesh-relay-auth/1";
+
+/// Opaque bytes that go through bincode as one byte string (not element by element).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Payload(pub Vec<u8>);
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Payload({} bytes)", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(v: Vec<u8>) -> Self {
+        Payload(v)
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Payload;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Payload, E> {
+                Ok(Payload(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Payload, E> {
+                Ok(Payload(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Payload, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = a.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(Payload(out))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Which transport a client authenticates on (bound into the signature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Transport {
+    /// UDP datagrams (the daemon's single socket).
+    Udp,
+    /// TCP with TLS.
+    Tls,
+}
+
+impl Transport {
+    fn tag(self) -> u8 {
+        match self {
+            Transport::Udp => b'U',
+            Transport::Tls => b'T',
+        }
+    }
+}
+
+/// The bytes a client signs to authenticate: context, nonce, relay id, transport.
+pub fn auth_message(nonce: &[u8; 32], relay: &NodeId, transport: Transport) -> Vec<u8> {
+    let mut m = Vec::with_capacity(AUTH_CONTEXT.len() + 65);
+    m.extend_from_slice(AUTH_CONTEXT);
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(relay.as_bytes());
+    m.push(transport.tag());
+    m
+}
+
+/// Builds the [`ClientMsg::Auth`] answering a challenge.
+pub fn sign_auth(
+    key: &SecretKey,
+    nonce: &[u8; 32],
+    relay: &NodeId,
+    transport: Transport,
+) -> ClientMsg {
+    ClientMsg::Auth {
+        node: key.node_id(),
+        signature: key.sign(&auth_message(nonce, relay, transport)),
+    }
+}
+
+/// Checks an authentication signature.
+pub fn verify_auth(
+    node: &NodeId,
+    signature: &Signature,
+    nonce: &[u8; 32],
+    relay: &NodeId,
+    transport: Transport,
+) -> Result<(), IdError> {
+    node.verify(&auth_message(nonce, relay, transport), signature)
+}
+
+/// Messages a client (daemon) sends to the relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// Start authentication. On UDP the datagram must be at least [`MIN_UDP_HELLO`]
+    /// bytes long (fill `pad` with zeros).
+    Hello {
+        /// Relay protocol version ([`RELAY_VERSION`]).
+        version: u16,
+        /// Padding, ignored.
+        pad: Payload,
+    },
+    /// Answer to [`RelayMsg::Challenge`].
+    Auth {
+        /// The client's node id.
+        node: NodeId,
+        /// Signature over [`auth_message`] by the node key.
+        signature: Signature,
+    },
+    /// Forward `payload` to the client authenticated as `to`.
+    Send {
+        /// Destination node.
+        to: NodeId,
+        /// Opaque bytes (QUIC packets, Noise messages).
+        payload: Payload,
+    },
+    /// Keep a sealed message for `to` until it connects (store-and-forward).
+    Store {
+        /// Client-chosen id, echoed in [`RelayMsg::StoreAck`].
+        id: u64,
+        /// Recipient node.
+        to: NodeId,
+        /// A message sealed to the recipient (see [`crate::sealed`]).
+        sealed: Payload,
+    },
+    /// Stored messages up to and including `id` were received; the relay deletes them.
+    MailAck {
+        /// Highest [`RelayMsg::Mail`] id received in order.
+        id: u64,
+    },
+    /// Liveness check; answered by [`RelayMsg::Pong`]. Also keeps a UDP client alive.
+    Ping {
+        /// Echoed.
+        n: u64,
+    },
+    /// Ask for [`RelayMsg::Health`].
+    HealthQuery,
+}
+
+/// Why a stored message was or was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreOutcome {
+    /// Stored (or delivered at once); it will reach the recipient when it connects.
+    Stored,
+    /// The recipient's quota (messages or bytes) is full.
+    QuotaExceeded,
+    /// The relay's storage failed.
+    Unavailable,
+}
+
+/// Why the relay refused or ended something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseReason {
+    /// Authentication failed (bad signature, unknown or reused nonce).
+    AuthFailed,
+    /// Protocol version not supported.
+    Version,
+    /// The relay has its maximum number of clients.
+    Full,
+    /// The relay is shutting down.
+    Draining,
+    /// The same node authenticated again elsewhere; this link is no longer used.
+    Replaced,
+}
+
+/// Messages the relay sends to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RelayMsg {
+    /// Prove you hold your node key: sign [`auth_message`] with this nonce.
+    Challenge {
+        /// Single-use nonce.
+        nonce: [u8; 32],
+        /// The relay's own node id (bound into the signature).
+        relay: NodeId,
+    },
+    /// Authenticated: frames from this link now come from `node`.
+    Welcome {
+        /// The pinned node id.
+        node: NodeId,
+        /// Largest frame the relay accepts.
+        max_frame: u32,
+    },
+    /// Refused; on TLS the connection is closed afterwards.
+    Refused {
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// A frame forwarded from `from`.
+    Recv {
+        /// The authenticated sender.
+        from: NodeId,
+        /// The sender's bytes, untouched.
+        payload: Payload,
+    },
+    /// The destination of a [`ClientMsg::Send`] is not connected.
+    PeerGone {
+        /// The absent node.
+        node: NodeId,
+    },
+    /// Answer to [`ClientMsg::Store`].
+    StoreAck {
+        /// The client's id.
+        id: u64,
+        /// Result.
+        outcome: StoreOutcome,
+    },
+    /// A stored message, delivered in order; acknowledge with [`ClientMsg::MailAck`].
+    Mail {
+        /// Relay-assigned, increasing id.
+        id: u64,
+        /// Who stored it (authenticated when stored).
+        from: NodeId,
+        /// The sealed bytes.
+        sealed: Payload,
+    },
+    /// The relay is restarting: reconnect (to it or another relay) after this delay.
+    Restarting {
+        /// Suggested delay before reconnecting, in milliseconds.
+        reconnect_after_ms: u32,
+    },
+    /// Answer to [`ClientMsg::Ping`].
+    Pong {
+        /// Echo.
+        n: u64,
+    },
+    /// Answer to [`ClientMsg::HealthQuery`].
+    Health {
+        /// Connected, authenticated clients.
+        clients: u32,
+        /// Maximum clients.
+        max_clients: u32,
+        /// Whether the relay is draining.
+        draining: bool,
+    },
+}
+
+/// Encodes one UDP datagram: [`UDP_MAGIC`] then one frame.
+pub fn encode_datagram<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
+    let frame = frame::encode(msg, max)?;
+    let mut out = Vec::with_capacity(UDP_MAGIC.len() + frame.len());
+    out.extend_from_slice(&UDP_MAGIC);
+    out.extend_from_slice(&frame);
+    Ok(out)
+}
+
+/// Whether a datagram on the daemon's socket is a relay datagram.
+pub fn is_relay_datagram(datagram: &[u8]) -> bool {
+    datagram.starts_with(&UDP_MAGIC)
+}
+
+/// Decodes a UDP relay datagram (magic + exactly one frame).
+pub fn decode_datagram<T: serde::de::DeserializeOwned>(
+    datagram: &[u8],
+    max: usize,
+) -> Result<T, FrameError> {
+    let body = datagram
+        .strip_prefix(&UDP_MAGIC[..])
+        .ok_or(FrameError::Version {
+            got: datagram.first().copied().unwrap_or(0),
+            supported: UDP_MAGIC[0],
+        })?;
+    frame::decode_datagram(body, max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(seed: u8) -> SecretKey {
+        SecretKey::from_bytes(&[seed; 32])
+    }
+
+    fn client_msgs(n: u64, bytes: Vec<u8>) -> Vec<ClientMsg> {
+        let k = key(n as u8);
+        vec![
+            ClientMsg::Hello {
+                version: RELAY_VERSION,
+                pad: Payload(bytes.clone()),
+            },
+            sign_auth(&k, &[n as u8; 32], &key(1).node_id(), Transport::Udp),
+            ClientMsg::Send {
+                to: k.node_id(),
+                payload: Payload(bytes.clone()),
+            },
+            ClientMsg::Store {
+                id: n,
+                to: k.node_id(),
+                sealed: Payload(bytes),
+            },
+            ClientMsg::MailAck { id: n },
+            ClientMsg::Ping { n },
+            ClientMsg::HealthQuery,
+        ]
+    }
+
+    fn relay_msgs(n: u64, bytes: Vec<u8>) -> Vec<RelayMsg> {
+        let id = key(n as u8).node_id();
+        vec![
+            RelayMsg::Challenge {
+                nonce: [n as u8; 32],
+                relay: id,
+            },
+            RelayMsg::Welcome {
+                node: id,
+                max_frame: n as u32,
+            },
+            RelayMsg::Refused {
+                reason: RefuseReason::Draining,
+            },
+            RelayMsg::Recv {
+                from: id,
+                payload: Payload(bytes.clone()),
+            },
+            RelayMsg::PeerGone { node: id },
+            RelayMsg::StoreAck {
+                id: n,
+                outcome: StoreOutcome::QuotaExceeded,
+            },
+            RelayMsg::Mail {
+                id: n,
+                from: id,
+                sealed: Payload(bytes),
+            },
+            RelayMsg::Restarting {
+                reconnect_after_ms: n as u32,
+            },
+            RelayMsg::Pong { n },
+            RelayMsg::Health {
+                clients: 1,
+                max_clients: 2,
+                draining: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn magic_is_neither_quic_nor_stun() {
+        assert_eq!(UDP_MAGIC[0] & 0x40, 0, "QUIC fixed bit must be clear");
+        assert_ne!(UDP_MAGIC[0] & 0xC0, 0, "STUN starts with two zero bits");
+        let d = encode_datagram(&ClientMsg::Ping { n: 1 }, 1500).unwrap();
+        assert!(is_relay_datagram(&d));
+        assert!(!is_relay_datagram(&[0x40, 1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn auth_signature_binds_nonce_relay_and_transport() {
+        let k = key(5);
+        let relay = key(6).node_id();
+        let ClientMsg::Auth { node, signature } = sign_auth(&k, &[9; 32], &relay, Transport::Udp)
+        else {
+            panic!("not auth")
+        };
+        assert!(verify_auth(&node, &signature, &[9; 32], &relay, Transport::Udp).is_ok());
+        assert!(verify_auth(&node, &signature, &[8; 32], &relay, Transport::Udp).is_err());
+        assert!(verify_auth(&node, &signature, &[9; 32], &node, Transport::Udp).is_err());
+        assert!(verify_auth(&node, &signature, &[9; 32], &relay, Transport::Tls).is_err());
+    }
+
+    #[test]
+    fn payload_is_encoded_as_one_byte_string() {
+        let small = frame::to_bytes(&Payload(vec![200; 1000])).unwrap();
+        assert!(small.len() <= 1003, "len {}", small.len());
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(n in any::<u64>(), bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            for m in client_msgs(n, bytes.clone()) {
+                let d = encode_datagram(&m, 4096).unwrap();
+                prop_assert_eq!(decode_datagram::<ClientMsg>(&d, 4096).unwrap(), m.clone());
+                let f = frame::encode(&m, 4096).unwrap();
+                prop_assert_eq!(frame::decode::<ClientMsg>(&f, 4096).unwrap().unwrap().0, m);
+            }
+            for m in relay_msgs(n, bytes.clone()) {
+                let d = encode_datagram(&m, 4096).unwrap();
+                prop_assert_eq!(decode_datagram::<RelayMsg>(&d, 4096).unwrap(), m);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_datagram::<ClientMsg>(&bytes, 4096);
+            let _ = decode_datagram::<RelayMsg>(&bytes, 4096);
+            let mut d = UDP_MAGIC.to_vec();
+            d.extend_from_slice(&((bytes.len() + 1) as u32).to_be_bytes());
+            d.push(frame::FRAME_VERSION);
+            d.extend_from_slice(&bytes);
+            let _ = decode_datagram::<ClientMsg>(&d, 4096);
+            let _ = decode_datagram::<RelayMsg>(&d, 4096);
+        }
+    }
+}
