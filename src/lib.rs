@@ -1,1 +1,9 @@
-//! agentmeshd: the per-host daemon.
+//! agentmeshd, the per-host daemon, as a library: the local API (`api`), the routing core
+//! (`router`), configuration (`config`), start-up (`daemon`), and the client used by the
+//! `agentmesh` CLI and the demo (`cli`).
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod router;

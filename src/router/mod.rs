@@ -1,0 +1,259 @@
+//! The daemon's routing core: agents, tasks and subscriptions, as a state machine.
+//!
+//! Sans-IO: the local API driver feeds it parsed operations, closed connections and
+//! timer expiries, each with the current time ([`Now`]); it returns [`Output`]s (JSON
+//! messages addressed to connections) and tells when it next wants
+//! [`Router::handle_timeout`] ([`Router::poll_timeout`]). It never touches a socket
+//! or a clock, so tests drive it directly.
+
+mod agents;
+mod events;
+mod keys;
+mod registry_ops;
+mod subscriptions;
+mod task_ops;
+mod tasks;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use agentmesh_proto::{AgentId, ErrorObject, NodeId};
+use indexmap::IndexSet;
+use serde_json::{json, Value};
+
+pub use agents::{AgentTable, LocalAgent};
+pub use keys::{FileKeyStore, KeyStore, KeyStoreError, MemoryKeyStore};
+pub use subscriptions::{Subscription, Subscriptions};
+pub use tasks::{Task, TaskTable};
+
+use crate::api::ops::Op;
+
+/// Identifies one local-API connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// The current time, as the driver reads it: monotonic for deadlines, wall-clock for
+/// timestamps and UUID v7 ids.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic time.
+    pub mono: Instant,
+    /// Wall-clock time.
+    pub wall: SystemTime,
+}
+
+impl Now {
+    /// Reads both clocks (drivers only; the router never calls this).
+    pub fn read() -> Self {
+        Now {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+/// Something the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Write one JSON line to a connection.
+    Send {
+        /// Destination.
+        conn: ConnId,
+        /// The message.
+        msg: Value,
+    },
+}
+
+/// Tunables of the router.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Timeout of a request that gives none.
+    pub default_timeout: Duration,
+    /// Longest timeout a request may ask for.
+    pub max_timeout: Duration,
+    /// Unfinished requests one connection may have (beyond: `RATE_LIMITED`).
+    pub max_pending_per_conn: usize,
+    /// Agents one connection may register.
+    pub max_agents_per_conn: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions_per_conn: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            default_timeout: Duration::from_secs(300),
+            max_timeout: Duration::from_secs(24 * 3600),
+            max_pending_per_conn: 10_000,
+            max_agents_per_conn: 256,
+            max_subscriptions_per_conn: 1024,
+        }
+    }
+}
+
+/// What one connection owns.
+#[derive(Debug, Default)]
+struct ConnState {
+    agents: IndexSet<AgentId>,
+    subscriptions: IndexSet<String>,
+    pending_requests: usize,
+}
+
+/// The routing core.
+#[derive(Debug)]
+pub struct Router {
+    node_id: NodeId,
+    config: RouterConfig,
+    keys: Box<dyn KeyStore>,
+    agents: AgentTable,
+    tasks: TaskTable,
+    subs: Subscriptions,
+    conns: HashMap<ConnId, ConnState>,
+    out: Vec<Output>,
+}
+
+impl Router {
+    /// A router for the daemon `node_id`, taking agent keys from `keys`.
+    pub fn new(node_id: NodeId, config: RouterConfig, keys: Box<dyn KeyStore>) -> Self {
+        Router {
+            node_id,
+            config,
+            keys,
+            agents: AgentTable::default(),
+            tasks: TaskTable::default(),
+            subs: Subscriptions::default(),
+            conns: HashMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// The daemon's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Handles one parsed operation from connection `conn`.
+    pub fn handle_op(&mut self, now: Now, conn: ConnId, id: Value, op: Op) -> Vec<Output> {
+        self.conns.entry(conn).or_default();
+        let result = match op {
+            Op::Hello {} => Ok(self.hello()),
+            Op::Register { manifest, key_name } => {
+                self.register(now, conn, manifest, key_name.as_deref())
+            }
+            Op::Deregister { agent_id } => self.deregister(now, conn, agent_id),
+            Op::Discover { query } => self.discover(&query),
+            Op::Request(args) => self.request(now, conn, id.clone(), args),
+            Op::Respond(args) => self.respond(conn, args),
+            Op::Stream {
+                task_id,
+                chunk,
+                is_final,
+            } => self.stream(conn, &task_id, chunk, is_final),
+            Op::Continue { task_id, input } => self.continue_task(conn, &task_id, input),
+            Op::Cancel { task_id } => self.cancel(conn, &task_id),
+            Op::Emit { from, topic, data } => self.emit(conn, from, &topic, data),
+            Op::Subscribe { agent_id, pattern } => self.subscribe(conn, agent_id, &pattern),
+            Op::Unsubscribe { subscription_id } => self.unsubscribe(conn, &subscription_id),
+            Op::Status {} => Ok(self.status()),
+        };
+        match result {
+            Ok(Some(ok)) => self.reply_ok(conn, id, ok),
+            Ok(None) => {} // the reply comes later (request)
+            Err(e) => self.reply_err(conn, id, e),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Replies to a line that did not parse.
+    pub fn handle_bad_line(&mut self, conn: ConnId, id: Value, error: ErrorObject) -> Vec<Output> {
+        self.reply_err(conn, id, error);
+        std::mem::take(&mut self.out)
+    }
+
+    /// A connection closed: its agents go offline, their unfinished tasks fail with
+    /// `AGENT_UNAVAILABLE`, its own requests are canceled, its subscriptions end.
+    pub fn connection_closed(&mut self, now: Now, conn: ConnId) -> Vec<Output> {
+        if let Some(state) = self.conns.remove(&conn) {
+            for agent in state.agents {
+                self.remove_agent(now, agent, "its connection closed");
+            }
+            for sub in state.subscriptions {
+                self.subs.remove(&sub);
+            }
+        }
+        self.cancel_requests_of(conn);
+        std::mem::take(&mut self.out)
+    }
+
+    /// When [`Router::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.tasks.next_deadline()
+    }
+
+    /// Expires requests whose deadline has passed (`TRANSPORT_TIMEOUT`).
+    pub fn handle_timeout(&mut self, now: Now) -> Vec<Output> {
+        for task_id in self.tasks.expired(now.mono) {
+            self.time_out(&task_id);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn hello(&self) -> Option<Value> {
+        Some(json!({
+            "node_id": self.node_id,
+            "version": env!("CARGO_PKG_VERSION"),
+            "protocol_version": agentmesh_proto::PROTOCOL_VERSION,
+        }))
+    }
+
+    fn reply_ok(&mut self, conn: ConnId, id: Value, ok: Value) {
+        self.send(conn, json!({"id": id, "ok": ok}));
+    }
+
+    fn reply_err(&mut self, conn: ConnId, id: Value, error: ErrorObject) {
+        self.send(conn, json!({"id": id, "error": error}));
+    }
+
+    fn send(&mut self, conn: ConnId, msg: Value) {
+        self.out.push(Output::Send { conn, msg });
+    }
+
+    /// Checks that `agent` is registered by `conn`.
+    fn owned(&self, conn: ConnId, agent: &AgentId) -> Result<(), ErrorObject> {
+        use agentmesh_proto::ErrorCode;
+        match self.agents.get(agent) {
+            Some(a) if a.conn == conn => Ok(()),
+            Some(_) => Err(ErrorObject::new(
+                ErrorCode::IdentityMismatch,
+                format!(
+                    "agent {} belongs to another connection; act only for agents you registered",
+                    agent.short()
+                ),
+            )),
+            None => Err(ErrorObject::new(
+                ErrorCode::AgentUnavailable,
+                format!(
+                    "agent {} is not registered; call register first",
+                    agent.short()
+                ),
+            )),
+        }
+    }
+}
+
+/// RFC 3339 text of a wall-clock time.
+fn iso8601(t: SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    dt.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// A UUID v7 string for a wall-clock time.
+fn uuid_v7(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos());
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
+#[cfg(test)]
+mod tests;
