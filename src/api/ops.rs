@@ -191,10 +191,12 @@ pub struct BadLine {
 }
 
 /// Parses one line (without its newline).
-pub fn parse_line(line: &[u8]) -> Result<(Value, Op), BadLine> {
-    let invalid = |id: Value, msg: String| BadLine {
-        id,
-        error: ErrorObject::new(ErrorCode::InvalidEnvelope, msg),
+pub fn parse_line(line: &[u8]) -> Result<(Value, Op), Box<BadLine>> {
+    let invalid = |id: Value, msg: String| {
+        Box::new(BadLine {
+            id,
+            error: ErrorObject::new(ErrorCode::InvalidEnvelope, msg),
+        })
     };
     let value: Value = serde_json::from_slice(line)
         .map_err(|e| invalid(Value::Null, format!("line is not valid JSON: {e}")))?;
@@ -218,10 +220,10 @@ pub fn parse_line(line: &[u8]) -> Result<(Value, Op), BadLine> {
     }
     match serde_json::from_value::<Op>(Value::Object(map)) {
         Ok(op) => Ok((id, op)),
-        Err(e) => Err(BadLine {
+        Err(e) => Err(Box::new(BadLine {
             id,
             error: ErrorObject::new(ErrorCode::InputInvalid, format!("{op_name}: {e}")),
-        }),
+        })),
     }
 }
 

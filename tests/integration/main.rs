@@ -1,6 +1,9 @@
 //! End-to-end tests: the real `agentmeshd` and `agentmesh` binaries, real sockets, real
 //! Python and Node agents. One test binary, modules inside.
 
+// Test support code panics on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod daemon_process;
 mod examples;
