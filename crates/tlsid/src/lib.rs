@@ -23,10 +23,12 @@
 //! - ALPN ids: [`ALPN_RENDEZVOUS`], [`ALPN_RELAY`], [`ALPN_PEER`].
 //!
 //! # Example
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # tokio::runtime::Runtime::new()?.block_on(async {
 //! use agentmesh_proto::SecretKey;
 //! use agentmesh_tlsid::{self as tlsid, ClientAuth, ServerPin};
+//! type Res<T> = Result<T, Box<dyn std::error::Error>>;
 //!
 //! tlsid::install_default_provider();
 //! let (server_key, client_key) = (SecretKey::generate_os(), SecretKey::generate_os());
@@ -35,6 +37,7 @@
 //! let server_cfg =
 //!     tlsid::quinn_server_config(&server_key, ClientAuth::RequireNodeCert, &[tlsid::ALPN_PEER])?;
 //! let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse()?)?;
+//! let addr = server.local_addr()?;
 //!
 //! // Client: accept only the server's node key, present our own.
 //! let client_cfg = tlsid::quinn_client_config(
@@ -44,14 +47,21 @@
 //! )?;
 //! let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
 //! client.set_default_client_config(client_cfg);
-//! let conn = client.connect(server.local_addr()?, tlsid::SERVER_NAME)?.await?;
-//! assert_eq!(tlsid::peer_node_id_quic(&conn)?, server_key.node_id());
 //!
-//! // Server side: who connected?
-//! let incoming = server.accept().await.ok_or("endpoint closed")?;
-//! let peer = tlsid::peer_node_id_quic(&incoming.await?)?;
-//! assert_eq!(peer, client_key.node_id());
-//! # Ok(())
+//! // quinn handshakes only once the server accepts, so run both sides together.
+//! let accept = async {
+//!     let conn = server.accept().await.ok_or("endpoint closed")?.await?;
+//!     Res::Ok(tlsid::peer_node_id_quic(&conn)?)
+//! };
+//! let connect = async {
+//!     let conn = client.connect(addr, tlsid::SERVER_NAME)?.await?;
+//!     Res::Ok(tlsid::peer_node_id_quic(&conn)?)
+//! };
+//! let (seen_by_server, seen_by_client) = tokio::join!(accept, connect);
+//! assert_eq!(seen_by_server?, client_key.node_id());
+//! assert_eq!(seen_by_client?, server_key.node_id());
+//! # Res::Ok(())
+//! # })
 //! # }
 //! ```
 //! Over TCP the same with `tokio_rustls::{TlsAcceptor, TlsConnector}` built from

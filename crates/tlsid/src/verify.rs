@@ -230,3 +230,69 @@ impl ClientCertVerifier for NodeClientVerifier {
         self.sig.schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeCert;
+    use agentmesh_proto::SecretKey;
+
+    fn cert_of(key: &SecretKey) -> CertificateDer<'static> {
+        NodeCert::generate(key).unwrap().cert
+    }
+
+    fn server_check(pin: ServerPin, cert: &CertificateDer<'_>) -> Result<(), Error> {
+        let name = crate::server_name();
+        NodeServerVerifier::new(pin)
+            .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    fn client_check(auth: ClientAuth, cert: &CertificateDer<'_>) -> Result<(), Error> {
+        NodeClientVerifier::new(auth)
+            .unwrap()
+            .verify_client_cert(cert, &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    #[test]
+    fn server_pin_accepts_only_the_pinned_key() {
+        let (a, b) = (SecretKey::generate_os(), SecretKey::generate_os());
+        server_check(ServerPin::Node(a.node_id()), &cert_of(&a)).unwrap();
+        server_check(ServerPin::AnyNode, &cert_of(&b)).unwrap();
+        let err = server_check(ServerPin::Node(a.node_id()), &cert_of(&b)).unwrap_err();
+        assert!(err.to_string().contains("NotPinned"), "{err}");
+    }
+
+    #[test]
+    fn client_pins_accept_only_listed_keys() {
+        let (a, b, c) = (
+            SecretKey::generate_os(),
+            SecretKey::generate_os(),
+            SecretKey::generate_os(),
+        );
+        let pinned = || ClientAuth::Pinned(vec![a.node_id(), b.node_id()]);
+        client_check(pinned(), &cert_of(&a)).unwrap();
+        client_check(pinned(), &cert_of(&b)).unwrap();
+        assert!(client_check(pinned(), &cert_of(&c)).is_err());
+        assert!(client_check(ClientAuth::Pinned(vec![]), &cert_of(&a)).is_err());
+        client_check(ClientAuth::RequireNodeCert, &cert_of(&c)).unwrap();
+        assert!(NodeClientVerifier::new(ClientAuth::None).is_none());
+    }
+
+    #[test]
+    fn client_cert_is_mandatory_and_ed25519_only() {
+        let v = NodeClientVerifier::new(ClientAuth::RequireNodeCert).unwrap();
+        assert!(v.offer_client_auth() && v.client_auth_mandatory());
+        assert_eq!(v.supported_verify_schemes(), vec![SignatureScheme::ED25519]);
+        let s = NodeServerVerifier::new(ServerPin::AnyNode);
+        assert_eq!(s.supported_verify_schemes(), vec![SignatureScheme::ED25519]);
+    }
+
+    #[test]
+    fn garbage_certificate_is_refused() {
+        let junk = CertificateDer::from(vec![0u8; 40]);
+        assert!(server_check(ServerPin::AnyNode, &junk).is_err());
+        assert!(client_check(ClientAuth::RequireNodeCert, &junk).is_err());
+    }
+}

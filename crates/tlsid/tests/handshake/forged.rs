@@ -21,13 +21,24 @@ fn certified(claimed: &SecretKey, holder: &SecretKey) -> SingleCertAndKey {
     SingleCertAndKey::from(CertifiedKey::new(cert.chain(), signer))
 }
 
-fn server_presenting(claimed: &SecretKey, holder: &SecretKey) -> Arc<rustls::ServerConfig> {
-    let cfg = rustls::ServerConfig::builder_with_provider(tlsid::provider())
+/// A TLS 1.3 server config presenting `claimed`'s certificate while signing with `holder`'s
+/// key (no client auth, ALPN `alpn`).
+pub(crate) fn server_tls(
+    claimed: &SecretKey,
+    holder: &SecretKey,
+    alpn: &[&[u8]],
+) -> rustls::ServerConfig {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(tlsid::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(certified(claimed, holder)));
-    Arc::new(cfg)
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg
+}
+
+fn server_presenting(claimed: &SecretKey, holder: &SecretKey) -> Arc<rustls::ServerConfig> {
+    Arc::new(server_tls(claimed, holder, &[]))
 }
 
 fn client_presenting(

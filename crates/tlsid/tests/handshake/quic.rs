@@ -141,3 +141,30 @@ async fn assert_client_dropped(c: Result<quinn::Connection, quinn::ConnectionErr
         "unexpected close reason {err:?}"
     );
 }
+
+#[tokio::test]
+async fn alpn_mismatch_is_refused() {
+    let sk = SecretKey::generate_os();
+    let (sep, addr) = server(&sk, ClientAuth::None);
+    let mut cep = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let cfg = quinn_client_config(None, ServerPin::AnyNode, &[tlsid::ALPN_RELAY]).unwrap();
+    cep.set_default_client_config(cfg);
+    let connecting = cep.connect(addr, tlsid::SERVER_NAME).unwrap();
+    let (c, s) = tokio::join!(bounded(connecting), accept_one(&sep));
+    assert!(c.is_err() && s.is_err(), "handshake with mismatched ALPN");
+}
+
+#[tokio::test]
+async fn forged_server_certificate_is_refused_over_quic() {
+    let (victim, attacker) = (SecretKey::generate_os(), SecretKey::generate_os());
+    let tls = crate::forged::server_tls(&victim, &attacker, &[ALPN_PEER]);
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let cfg = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+    let sep = Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = sep.local_addr().unwrap();
+    let cep = client(None, ServerPin::Node(victim.node_id()));
+    let connecting = cep.connect(addr, tlsid::SERVER_NAME).unwrap();
+    let (c, s) = tokio::join!(bounded(connecting), accept_one(&sep));
+    assert!(c.is_err(), "client accepted a forged server certificate");
+    assert!(s.is_err());
+}
