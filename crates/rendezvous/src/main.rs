@@ -1,0 +1,3 @@
+//! `agentmesh-rendezvous`: the rendezvous service binary.
+
+fn main() {}
