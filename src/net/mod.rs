@@ -1,0 +1,8 @@
+//! The daemon's network layer. Built so far: the demultiplexer of the daemon's single
+//! UDP socket (`demux`), hole-punch probes (`probe`) and the sans-IO hole-punching state
+//! machine (`punch`). The tokio drivers (socket, QUIC sessions, STUN, UPnP, relay
+//! client) come with the daemon networking issue.
+
+pub mod demux;
+pub mod probe;
+pub mod punch;
