@@ -168,3 +168,23 @@ async fn forged_server_certificate_is_refused_over_quic() {
     assert!(c.is_err(), "client accepted a forged server certificate");
     assert!(s.is_err());
 }
+
+/// Daemon-style endpoints: each is a server (node cert required) and dials the other with a
+/// pinned client config; both directions work and report the right ids.
+#[tokio::test]
+async fn symmetric_endpoints_connect_both_ways() {
+    let (ka, kb) = (SecretKey::generate_os(), SecretKey::generate_os());
+    let (ea, addr_a) = server(&ka, ClientAuth::RequireNodeCert);
+    let (eb, addr_b) = server(&kb, ClientAuth::RequireNodeCert);
+    for (dialer, dk, listener, lk, addr) in
+        [(&ea, &ka, &eb, &kb, addr_b), (&eb, &kb, &ea, &ka, addr_a)]
+    {
+        let cfg = quinn_client_config(Some(dk), ServerPin::Node(lk.node_id()), &[ALPN_PEER]);
+        let connecting = dialer
+            .connect_with(cfg.unwrap(), addr, tlsid::SERVER_NAME)
+            .unwrap();
+        let (c, s) = tokio::join!(bounded(connecting), accept_one(listener));
+        assert_eq!(peer_node_id_quic(&c.unwrap()).unwrap(), lk.node_id());
+        assert_eq!(peer_node_id_quic(&s.unwrap()).unwrap(), dk.node_id());
+    }
+}
