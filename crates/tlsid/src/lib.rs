@@ -73,8 +73,8 @@
 //! reports `ConnectionError::TransportError` and the other side `ConnectionClosed`, both with
 //! a crypto code (TLS alert, e.g. `crypto(2e)` certificate_unknown for an unpinned key,
 //! `crypto(33)` decrypt_error for a certificate whose key did not sign the handshake, or
-//! `crypto(74)` certificate_required for a client without one). Over TCP, tokio-rustls returns an `io::Error` wrapping the
-//! `rustls::Error`. A TLS 1.3 client finishes its side before the server has checked the
+//! `crypto(74)` certificate_required for a client without one). Over TCP, tokio-rustls
+//! returns an `io::Error` wrapping the `rustls::Error`. A TLS 1.3 client finishes its side before the server has checked the
 //! client's certificate, so a refused *client* may see `connect` succeed and the connection
 //! close right after.
 //!
