@@ -251,6 +251,10 @@ pub enum RelayMsg {
     Mail {
         /// Relay-assigned, increasing id.
         id: u64,
+        /// Id of the mail sent before this one in this session (0 for the first): a
+        /// client accepts a mail only if `prev` is the last id it accepted, so a lost or
+        /// reordered UDP datagram is never skipped by a cumulative ack.
+        prev: u64,
         /// Who stored it (authenticated when stored).
         from: NodeId,
         /// The sealed bytes.
@@ -362,6 +366,7 @@ mod tests {
             },
             RelayMsg::Mail {
                 id: n,
+                prev: n / 2,
                 from: id,
                 sealed: Payload(bytes),
             },

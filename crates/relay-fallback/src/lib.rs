@@ -1,1 +1,21 @@
 //! agentmesh blind relay: forwards ciphertext between daemons by node id.
+//!
+//! - [`core`]: the sans-IO relay state machine ([`Relay`]).
+//! - [`store`]: sealed mails in SQLite for store-and-forward.
+//! - [`client`]: the client side, sans-IO plus small tokio clients the daemon can reuse.
+//! - [`server`]: the tokio drivers (UDP, TCP/TLS, admin HTTP) and graceful drain.
+//!
+//! The relay never holds a key that decrypts what it forwards: payloads are QUIC packets or
+//! Noise-sealed messages between daemons; its own key only authenticates its TLS endpoint
+//! and is bound into client authentication signatures.
+
+pub mod bucket;
+pub mod client;
+pub mod core;
+pub mod limits;
+pub mod metrics;
+pub mod store;
+
+pub use crate::core::{ConnId, Event, Link, Relay, StreamPoll};
+pub use limits::{Limits, MailLimits};
+pub use store::{MailStore, MemStore, SqliteStore, StoreError};
