@@ -1,9 +1,15 @@
 //! agentmesh rendezvous service: registry, discovery, introductions, STUN responder.
 //!
-//! The protocol logic is the sans-IO [`core::Server`]; [`index`] is its discovery index.
-//! Everything that touches sockets, files or clocks lives outside the core.
+//! The protocol logic is the sans-IO [`core::Server`] (with its discovery index);
+//! [`stun`] and [`deframe`] are sans-IO codecs; [`store`] persists records in SQLite;
+//! [`config`] reads the TOML file. Everything that touches sockets or clocks lives outside
+//! the core.
 
+pub mod config;
 pub mod core;
+pub mod deframe;
 mod index;
 pub mod metrics;
 pub mod ratelimit;
+pub mod store;
+pub mod stun;
