@@ -153,4 +153,24 @@ mod tests {
             Err(TlsIdError::NotEd25519 { .. })
         ));
     }
+
+    proptest::proptest! {
+        /// Untrusted certificate bytes never panic the reader.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = node_id_from_cert(&CertificateDer::from(bytes));
+        }
+
+        /// A corrupted node certificate is refused or still yields a well-formed id; never a panic.
+        #[test]
+        fn corrupted_cert_never_panics(at in 0usize..400, xor in 1u8..=255) {
+            let key = SecretKey::from_bytes(&[7u8; 32]);
+            let mut der = NodeCert::generate(&key).unwrap().cert.to_vec();
+            let i = at % der.len();
+            der[i] ^= xor;
+            if let Ok(id) = node_id_from_cert(&CertificateDer::from(der)) {
+                proptest::prop_assert!(NodeId::from_bytes(*id.as_bytes()).is_ok());
+            }
+        }
+    }
 }
