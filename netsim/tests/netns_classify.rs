@@ -3,18 +3,19 @@
 //! sockets on two public addresses and real coturn with RFC 5780 CHANGE-REQUESTs), and
 //! the class must equal `Preset::class()`.
 
+use netsim::classify::ProbeOutcome;
 use netsim::netns::probe::{self, ProbeResult};
-use netsim::netns::{self, Behaviour, Lab, PortPattern, Tool};
+use netsim::netns::{self, Lab, PortPattern, Tool};
 use netsim::Preset;
 
 /// What the kernel NAT built for `preset` must look like.
-fn expected(preset: Preset) -> (Option<Behaviour>, Option<PortPattern>) {
+fn expected(preset: Preset) -> (Option<ProbeOutcome>, Option<PortPattern>) {
     let behaviour = match preset {
-        Preset::Open => Some(Behaviour::Open),
-        Preset::UdpBlocked => Some(Behaviour::Blocked),
+        Preset::Open => Some(ProbeOutcome::NoNat),
+        Preset::UdpBlocked => Some(ProbeOutcome::NoUdp),
         p => p
             .class()
-            .map(|(mapping, filtering)| Behaviour::Translated { mapping, filtering }),
+            .map(|(mapping, filtering)| ProbeOutcome::Nat(mapping, filtering)),
     };
     let ports = match preset {
         Preset::UdpBlocked => None,
@@ -82,6 +83,73 @@ fn kernel_nat_class_matches_the_model_for_every_preset() {
     assert!(
         failures.is_empty(),
         "kernel NAT differs from the model:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// What stun-client (RFC 3489, an independent implementation) prints for each preset.
+/// It tells only "Dependent Mapping" for any non-EIM NAT and no filtering then, and calls
+/// sequential ports "random".
+fn stun_client_expects(preset: Preset) -> &'static str {
+    match preset {
+        Preset::Open => "Primary: Open",
+        Preset::FullCone => "Primary: Independent Mapping, Independent Filter, preserves ports",
+        Preset::RestrictedCone => {
+            "Primary: Independent Mapping, Address Dependent Filter, preserves ports"
+        }
+        Preset::PortRestrictedCone => {
+            "Primary: Independent Mapping, Port Dependent Filter, preserves ports"
+        }
+        Preset::Symmetric | Preset::SymmetricSequential => "Primary: Dependent Mapping",
+        Preset::UdpBlocked => "Primary: Blocked",
+    }
+}
+
+#[test]
+fn stun_client_agrees_with_every_preset() {
+    let tools = [Tool::Nft, Tool::Coturn, Tool::StunClient];
+    if !netns::lab_available("stun_client_agrees_with_every_preset", &tools) {
+        return;
+    }
+    let mut b = Lab::builder().coturn();
+    for (i, p) in Preset::ALL.iter().enumerate() {
+        b = b
+            .site(&format!("s{i}"), *p)
+            .host(&format!("h{i}"), &format!("s{i}"));
+    }
+    let lab = b.build().unwrap();
+    let verdicts: Vec<(Preset, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = Preset::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let lab = &lab;
+                s.spawn(move || {
+                    let out = lab
+                        .output(&format!("h{i}"), "stun", &["203.0.113.1"])
+                        .unwrap();
+                    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                    let line = text
+                        .lines()
+                        .find(|l| l.starts_with("Primary:"))
+                        .unwrap_or("")
+                        .to_owned();
+                    (*p, line)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut failures = Vec::new();
+    for (preset, line) in &verdicts {
+        println!("{:<22} {line}", preset.name());
+        if !line.starts_with(stun_client_expects(*preset)) {
+            failures.push(format!("{preset}: stun-client says {line:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "stun-client disagrees:\n{}",
         failures.join("\n")
     );
 }

@@ -1,5 +1,8 @@
-//! RFC 4787 classification as a pure function of probe observations, so the same
-//! logic judges the real kernel NAT (via [`crate::netns::probe`]) and the simulator.
+//! RFC 4787 classification of what the lab's probes saw, as pure functions. The verdict
+//! itself comes from the simulator's [`crate::classify`] (`classify_mapping`,
+//! `classify_filtering`), so the real kernel NAT and the simulated ones are judged by
+//! the same code; this module adds what real probes need: lost answers (blocked,
+//! partial), the filtering control packet, and the port allocation pattern.
 //!
 //! Mapping probe: one socket sends to a primary server endpoint, to the same address
 //! on another port, and to another address; each server reports the source it saw.
@@ -9,7 +12,9 @@
 
 use std::net::SocketAddr;
 
-use crate::behavior::{Filtering, Mapping};
+use crate::classify::{
+    classify_filtering, classify_mapping, FilteringObservation, MappingObservation, ProbeOutcome,
+};
 
 /// What the mapping probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,32 +38,6 @@ pub struct FilteringObs {
     pub other_port: bool,
     /// A packet from the other address arrived.
     pub other_addr: bool,
-}
-
-/// The behaviour a probe found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Behaviour {
-    /// No translation: the servers saw the local address.
-    Open,
-    /// Nothing got through.
-    Blocked,
-    /// A NAT with this mapping and filtering.
-    Translated {
-        /// Mapping behaviour.
-        mapping: Mapping,
-        /// Filtering behaviour.
-        filtering: Filtering,
-    },
-}
-
-impl Behaviour {
-    /// The (mapping, filtering) class, comparable with [`crate::Preset::class`].
-    pub fn class(self) -> Option<(Mapping, Filtering)> {
-        match self {
-            Behaviour::Translated { mapping, filtering } => Some((mapping, filtering)),
-            Behaviour::Open | Behaviour::Blocked => None,
-        }
-    }
 }
 
 /// How external ports were chosen, judged over successive new mappings.
@@ -93,9 +72,9 @@ pub enum ClassifyError {
 }
 
 /// Classifies a NAT from one mapping and one filtering probe.
-pub fn classify(m: &MappingObs, f: &FilteringObs) -> Result<Behaviour, ClassifyError> {
-    let (primary, other_port, other_addr) = match (m.primary, m.other_port, m.other_addr) {
-        (None, None, None) => return Ok(Behaviour::Blocked),
+pub fn classify(m: &MappingObs, f: &FilteringObs) -> Result<ProbeOutcome, ClassifyError> {
+    let (a1, a2, b1) = match (m.primary, m.other_port, m.other_addr) {
+        (None, None, None) => return Ok(ProbeOutcome::NoUdp),
         (Some(a), Some(b), Some(c)) => (a, b, c),
         (None, _, _) => return Err(ClassifyError::Partial { probe: "primary" }),
         (_, None, _) => {
@@ -109,30 +88,18 @@ pub fn classify(m: &MappingObs, f: &FilteringObs) -> Result<Behaviour, ClassifyE
             })
         }
     };
-    if [primary, other_port, other_addr]
-        .iter()
-        .all(|a| *a == m.local)
-    {
-        return Ok(Behaviour::Open);
+    if [a1, a2, b1].iter().all(|a| *a == m.local) {
+        return Ok(ProbeOutcome::NoNat);
     }
-    let mapping = if primary == other_port && primary == other_addr {
-        Mapping::EndpointIndependent
-    } else if primary == other_port {
-        Mapping::AddressDependent
-    } else {
-        Mapping::AddressAndPortDependent
-    };
     if !f.control {
         return Err(ClassifyError::ControlLost);
     }
-    let filtering = if f.other_addr {
-        Filtering::EndpointIndependent
-    } else if f.other_port {
-        Filtering::AddressDependent
-    } else {
-        Filtering::AddressAndPortDependent
-    };
-    Ok(Behaviour::Translated { mapping, filtering })
+    let mapping = classify_mapping(MappingObservation { a1, a2, b1 });
+    let filtering = classify_filtering(FilteringObservation {
+        from_other_address: f.other_addr,
+        from_other_port: f.other_port,
+    });
+    Ok(ProbeOutcome::Nat(mapping, filtering))
 }
 
 /// The port pattern of mappings made in order (e.g. primary, other port, other
@@ -165,6 +132,7 @@ pub fn mapped_ports(m: &MappingObs) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::behavior::{Filtering, Mapping};
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -199,7 +167,7 @@ mod tests {
         let local = "10.0.1.2:5000";
         assert_eq!(
             classify(&obs(local, local, local), &all),
-            Ok(Behaviour::Open)
+            Ok(ProbeOutcome::NoNat)
         );
     }
 
@@ -226,7 +194,7 @@ mod tests {
             other_port: None,
             other_addr: None,
         };
-        assert_eq!(classify(&none, &lost), Ok(Behaviour::Blocked));
+        assert_eq!(classify(&none, &lost), Ok(ProbeOutcome::NoUdp));
         let partial = MappingObs {
             other_port: None,
             ..obs(x, x, x)

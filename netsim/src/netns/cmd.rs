@@ -8,6 +8,23 @@ use crate::netns::gate;
 
 /// Runs `program args…`, feeding `stdin` if given; fails on a non-zero exit.
 pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<Output, LabError> {
+    let out = output(program, args, stdin)?;
+    if !out.status.success() {
+        return Err(LabError::CommandFailed {
+            command: format!("{program} {}", args.join(" ")),
+            status: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `program args…`, feeding `stdin` if given; any exit status is returned.
+pub(crate) fn output(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<Output, LabError> {
     tracing::trace!(program, ?args, "lab command");
     let path = gate::find_program(program).unwrap_or_else(|| program.into());
     let mut child = Command::new(path)
@@ -35,13 +52,6 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<O
         program: program.to_owned(),
         source,
     })?;
-    if !out.status.success() {
-        return Err(LabError::CommandFailed {
-            command: format!("{program} {}", args.join(" ")),
-            status: out.status.code(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
     Ok(out)
 }
 
@@ -64,9 +74,23 @@ pub(crate) fn exec_in(
     args: &[&str],
     stdin: Option<&str>,
 ) -> Result<Output, LabError> {
-    let mut all = vec!["netns", "exec", ns, program];
+    let exe = program_path(program);
+    let mut all = vec!["netns", "exec", ns, &exe];
     all.extend_from_slice(args);
     run("ip", &all, stdin)
+}
+
+/// `ip netns exec ns program args…`, returning the output whatever the exit status.
+pub(crate) fn output_in(ns: &str, program: &str, args: &[&str]) -> Result<Output, LabError> {
+    let exe = program_path(program);
+    let mut all = vec!["netns", "exec", ns, &exe];
+    all.extend_from_slice(args);
+    output("ip", &all, None)
+}
+
+/// The full path of `program` where found (sbin may be missing from `PATH`).
+fn program_path(program: &str) -> String {
+    gate::find_program(program).map_or_else(|| program.to_owned(), |p| p.display().to_string())
 }
 
 /// Writes a sysctl inside a namespace (`/proc/sys/net` is per namespace).

@@ -22,6 +22,8 @@ pub enum Tool {
     Coturn,
     /// miniupnpd (Debian package `miniupnpd-nftables`).
     Miniupnpd,
+    /// `stun` (Debian package `stun-client`), an independent RFC 3489 classifier.
+    StunClient,
 }
 
 impl Tool {
@@ -33,6 +35,7 @@ impl Tool {
             Tool::Tc => "tc",
             Tool::Coturn => "turnserver",
             Tool::Miniupnpd => "miniupnpd",
+            Tool::StunClient => "stun",
         }
     }
 }

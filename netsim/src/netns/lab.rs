@@ -177,6 +177,12 @@ impl Lab {
         cmd::exec_in(self.ns(node)?, program, args, None)
     }
 
+    /// Runs `program args…` inside `node` to completion and returns its output, whatever
+    /// the exit status (for programs like `stun` that encode results in it).
+    pub fn output(&self, node: &str, program: &str, args: &[&str]) -> Result<Output, LabError> {
+        cmd::output_in(self.ns(node)?, program, args)
+    }
+
     /// Starts `program args…` inside `node`, output to a log file in [`Lab::dir`].
     /// Killed when the lab drops (or by [`Lab::kill`]).
     pub fn spawn(&self, node: &str, program: &str, args: &[&str]) -> Result<Spawned, LabError> {

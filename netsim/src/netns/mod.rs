@@ -37,7 +37,7 @@ pub mod topology;
 mod wire;
 
 pub use builder::LabBuilder;
-pub use classify::{classify, Behaviour, FilteringObs, MappingObs, PortPattern};
+pub use classify::{classify, ClassifyError, FilteringObs, MappingObs, PortPattern};
 pub use error::LabError;
 pub use gate::{lab_available, Tool};
 pub use lab::{Lab, Spawned};

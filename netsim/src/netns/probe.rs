@@ -8,9 +8,8 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::netns::classify::{
-    self, Behaviour, ClassifyError, FilteringObs, MappingObs, PortPattern,
-};
+use crate::classify::ProbeOutcome;
+use crate::netns::classify::{self, ClassifyError, FilteringObs, MappingObs, PortPattern};
 use crate::netns::coturn;
 use crate::netns::error::LabError;
 use crate::netns::lab::Lab;
@@ -34,7 +33,7 @@ pub struct ProbeResult {
 
 impl ProbeResult {
     /// The classified behaviour.
-    pub fn behaviour(&self) -> Result<Behaviour, ClassifyError> {
+    pub fn behaviour(&self) -> Result<ProbeOutcome, ClassifyError> {
         classify::classify(&self.mapping, &self.filtering)
     }
 
