@@ -7,7 +7,10 @@
 //! links model latency, jitter, loss, reordering, duplication and MTU. Drive it like a
 //! sans-IO protocol: [`Sim::send`] and [`Sim::set_timer`] in, [`Sim::step`] /
 //! [`Sim::run_until`] to move time, [`Sim::poll_output`] for delivered datagrams and timers.
+//! With the `quinn` feature, `adapter` runs real async code (quinn) on it in virtual time.
 
+#[cfg(feature = "quinn")]
+pub mod adapter;
 pub mod behavior;
 pub mod classify;
 pub mod link;
