@@ -1,0 +1,313 @@
+//! The daemon's UDP socket as quinn sees it: one real socket underneath, peers at stable
+//! virtual addresses (see [`Routes`]), each peer's packets sent direct or through the
+//! relay as its current path says, and everything that is not QUIC (STUN, probes, relay
+//! frames) diverted to the daemon instead of quinn.
+//!
+//! This is how a peer's connection starts on the relay and moves to a punched direct path
+//! with no reconnect: only the route changes, quinn keeps talking to the same address.
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use agentmesh_proto::NodeId;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::sync::mpsc;
+
+use super::demux::{classify, Kind};
+use super::routes::{is_virtual, Path, Routes};
+
+/// Sends QUIC packets of relayed peers to the relay.
+pub trait RelayLink: Send + Sync + fmt::Debug + 'static {
+    /// Hands one QUIC packet for `peer` to the relay; must not block (drop when full).
+    fn send(&self, peer: NodeId, packet: &[u8]) -> io::Result<()>;
+}
+
+/// A datagram that was not QUIC, for the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diverted {
+    /// Where it came from.
+    pub src: SocketAddr,
+    /// What it is.
+    pub kind: Kind,
+    /// Its bytes.
+    pub data: Vec<u8>,
+}
+
+/// Counters of the socket's traffic.
+#[derive(Debug, Default)]
+pub struct SocketStats {
+    /// QUIC packets sent on direct paths.
+    pub direct_sent: AtomicU64,
+    /// QUIC packets handed to the relay link.
+    pub relay_sent: AtomicU64,
+    /// QUIC packets received through the relay.
+    pub relay_received: AtomicU64,
+    /// Datagrams diverted to the daemon.
+    pub diverted: AtomicU64,
+    /// Datagrams dropped (no path yet, or a full queue).
+    pub dropped: AtomicU64,
+}
+
+/// The socket quinn is given.
+pub struct MeshSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    routes: Arc<Routes>,
+    relay: Arc<dyn RelayLink>,
+    diverted: mpsc::Sender<Diverted>,
+    relayed: Mutex<mpsc::Receiver<(NodeId, Vec<u8>)>>,
+    stats: Arc<SocketStats>,
+}
+
+/// The daemon's side of a [`MeshSocket`].
+#[derive(Debug, Clone)]
+pub struct MeshHandle {
+    inner: Arc<dyn AsyncUdpSocket>,
+    relayed: mpsc::Sender<(NodeId, Vec<u8>)>,
+    stats: Arc<SocketStats>,
+}
+
+/// Queue sizes between the socket and the daemon.
+const QUEUE: usize = 1024;
+
+impl MeshSocket {
+    /// Wraps `inner`; returns the socket for quinn, the daemon's handle, and the stream
+    /// of diverted (non-QUIC) datagrams.
+    pub fn new(
+        inner: Arc<dyn AsyncUdpSocket>,
+        routes: Arc<Routes>,
+        relay: Arc<dyn RelayLink>,
+    ) -> (MeshSocket, MeshHandle, mpsc::Receiver<Diverted>) {
+        let (div_tx, div_rx) = mpsc::channel(QUEUE);
+        let (rel_tx, rel_rx) = mpsc::channel(QUEUE);
+        let stats = Arc::new(SocketStats::default());
+        let socket = MeshSocket {
+            inner: inner.clone(),
+            routes,
+            relay,
+            diverted: div_tx,
+            relayed: Mutex::new(rel_rx),
+            stats: stats.clone(),
+        };
+        let handle = MeshHandle {
+            inner,
+            relayed: rel_tx,
+            stats,
+        };
+        (socket, handle, div_rx)
+    }
+
+    fn map_incoming(&self, src: SocketAddr) -> SocketAddr {
+        self.routes
+            .virtual_of_direct(&src)
+            .unwrap_or_else(|| to_v6(src))
+    }
+
+    fn divert(&self, src: SocketAddr, data: &[u8]) {
+        let d = Diverted {
+            src,
+            kind: classify(data),
+            data: data.to_vec(),
+        };
+        match self.diverted.try_send(d) {
+            Ok(()) => self.stats.diverted.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.stats.dropped.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Keeps the QUIC datagrams among the first `n` (moving them to the front, source
+    /// addresses mapped), diverts the others; returns how many were kept.
+    fn filter(&self, n: usize, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let mut kept = 0;
+        for i in 0..n {
+            let m = meta[i];
+            let len = m.len.min(bufs[i].len());
+            if classify(&bufs[i][..len]) == Kind::Quic {
+                if kept != i {
+                    let (head, tail) = bufs.split_at_mut(i);
+                    head[kept][..len].copy_from_slice(&tail[0][..len]);
+                }
+                meta[kept] = RecvMeta {
+                    addr: self.map_incoming(m.addr),
+                    ..m
+                };
+                kept += 1;
+            } else {
+                let stride = m.stride.max(1);
+                for segment in bufs[i][..len].chunks(stride) {
+                    self.divert(m.addr, segment);
+                }
+            }
+        }
+        kept
+    }
+
+    fn send_relayed(&self, node: NodeId, transmit: &Transmit<'_>) -> io::Result<()> {
+        let size = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        for segment in transmit.contents.chunks(size) {
+            self.relay.send(node, segment)?;
+            self.stats.relay_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl MeshHandle {
+    /// Delivers a QUIC packet that arrived from `from` through the relay.
+    pub fn deliver_relayed(&self, from: NodeId, packet: Vec<u8>) {
+        match self.relayed.try_send((from, packet)) {
+            Ok(()) => self.stats.relay_received.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.stats.dropped.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Sends a raw datagram (STUN, probe, relay frame) on the socket. A full socket
+    /// buffer drops it: the senders of these datagrams retry on their own timers.
+    pub fn send_raw(&self, dst: SocketAddr, data: &[u8]) -> io::Result<()> {
+        let t = Transmit {
+            destination: dst,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip: None,
+        };
+        match self.inner.try_send(&t) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Traffic counters.
+    pub fn stats(&self) -> &SocketStats {
+        &self.stats
+    }
+
+    /// The real local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// quinn needs IPv6 addresses everywhere once the socket reports an IPv6 address (the
+/// virtual peer addresses are IPv6); IPv4 peers appear IPv4-mapped.
+fn to_v6(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) => SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port()),
+        v6 => v6,
+    }
+}
+
+fn from_v6(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+impl fmt::Debug for MeshSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshSocket")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncUdpSocket for MeshSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let dst = transmit.destination;
+        if !is_virtual(&dst) {
+            let t = Transmit {
+                destination: from_v6(dst),
+                ..*transmit
+            };
+            return self.inner.try_send(&t);
+        }
+        match self.routes.resolve_virtual(&dst) {
+            Some((_, Some(Path::Direct(addr)))) => {
+                let t = Transmit {
+                    destination: addr,
+                    ..*transmit
+                };
+                self.inner.try_send(&t)?;
+                self.stats.direct_sent.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Some((node, Some(Path::Relay))) => self.send_relayed(node, transmit),
+            _ => {
+                // No path yet: QUIC retransmits once the path finder sets one.
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        if let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut()) {
+            let mut relayed = self.relayed.lock().unwrap_or_else(|e| e.into_inner());
+            if let Poll::Ready(Some((node, packet))) = relayed.poll_recv(cx) {
+                let len = packet.len().min(buf.len());
+                buf[..len].copy_from_slice(&packet[..len]);
+                *slot = RecvMeta {
+                    addr: self.routes.virtual_addr(node),
+                    len,
+                    stride: len,
+                    ecn: None,
+                    dst_ip: None,
+                };
+                return Poll::Ready(Ok(1));
+            }
+        }
+        loop {
+            let n = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            let kept = self.filter(n, bufs, meta);
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr().map(to_v6)
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests;

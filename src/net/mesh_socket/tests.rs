@@ -1,0 +1,205 @@
+//! A real quinn connection between two daemons' mesh sockets on loopback: it starts on an
+//! in-memory relay, moves to the direct path mid-stream without reconnecting, and
+//! non-QUIC datagrams never reach quinn.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use agentmesh_proto::SecretKey;
+use agentmesh_tlsid::{ClientAuth, ServerPin, ALPN_PEER};
+use quinn::{Endpoint, EndpointConfig, TokioRuntime};
+
+use super::*;
+
+/// A relay in memory: hands packets straight to the other side's socket.
+#[derive(Debug, Default)]
+struct MemRelay {
+    from: Mutex<Option<NodeId>>,
+    to: Mutex<Option<MeshHandle>>,
+    packets: AtomicU64,
+}
+
+impl RelayLink for MemRelay {
+    fn send(&self, _peer: NodeId, packet: &[u8]) -> io::Result<()> {
+        let from = self.from.lock().unwrap().unwrap();
+        if let Some(h) = self.to.lock().unwrap().as_ref() {
+            self.packets.fetch_add(1, Ordering::Relaxed);
+            h.deliver_relayed(from, packet.to_vec());
+        }
+        Ok(())
+    }
+}
+
+struct Side {
+    key: SecretKey,
+    endpoint: Endpoint,
+    handle: MeshHandle,
+    routes: Arc<Routes>,
+    relay: Arc<MemRelay>,
+    diverted: mpsc::Receiver<Diverted>,
+    real: SocketAddr,
+}
+
+fn side(seed: u8) -> Side {
+    agentmesh_tlsid::install_default_provider();
+    let key = SecretKey::from_bytes(&[seed; 32]);
+    let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    std_sock.set_nonblocking(true).unwrap();
+    let real = std_sock.local_addr().unwrap();
+    let inner = quinn::Runtime::wrap_udp_socket(&TokioRuntime, std_sock).unwrap();
+    let routes = Arc::new(Routes::default());
+    let relay = Arc::new(MemRelay::default());
+    *relay.from.lock().unwrap() = Some(key.node_id());
+    let (socket, handle, diverted) = MeshSocket::new(inner, routes.clone(), relay.clone());
+    let server =
+        agentmesh_tlsid::quinn_server_config(&key, ClientAuth::RequireNodeCert, &[ALPN_PEER])
+            .unwrap();
+    let mut config = EndpointConfig::default();
+    config.grease_quic_bit(false);
+    let endpoint = Endpoint::new_with_abstract_socket(
+        config,
+        Some(server),
+        Arc::new(socket),
+        Arc::new(TokioRuntime),
+    )
+    .unwrap();
+    Side {
+        key,
+        endpoint,
+        handle,
+        routes,
+        relay,
+        diverted,
+        real,
+    }
+}
+
+async fn echo_once(conn: &quinn::Connection, msg: &[u8]) -> Vec<u8> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(msg).await.unwrap();
+    send.finish().unwrap();
+    recv.read_to_end(1 << 20).await.unwrap()
+}
+
+#[tokio::test]
+async fn starts_relayed_then_moves_direct_without_reconnecting() {
+    let mut a = side(1);
+    let b = side(2);
+    *a.relay.to.lock().unwrap() = Some(b.handle.clone());
+    *b.relay.to.lock().unwrap() = Some(a.handle.clone());
+    let (na, nb) = (a.key.node_id(), b.key.node_id());
+    a.routes.set_path(nb, Path::Relay);
+    b.routes.set_path(na, Path::Relay);
+
+    let server = b.endpoint.clone();
+    let accept = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        let peer = agentmesh_tlsid::peer_node_id_quic(&conn).unwrap();
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let data = recv.read_to_end(1 << 20).await.unwrap();
+            send.write_all(&data).await.unwrap();
+            send.finish().unwrap();
+        }
+        peer
+    });
+
+    let client =
+        agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(nb), &[ALPN_PEER])
+            .unwrap();
+    let conn = a
+        .endpoint
+        .connect_with(
+            client,
+            a.routes.virtual_addr(nb),
+            agentmesh_tlsid::SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(agentmesh_tlsid::peer_node_id_quic(&conn).unwrap(), nb);
+    assert_eq!(echo_once(&conn, b"over the relay").await, b"over the relay");
+    let relayed = a.relay.packets.load(Ordering::Relaxed);
+    assert!(relayed > 0);
+    assert_eq!(a.handle.stats().direct_sent.load(Ordering::Relaxed), 0);
+
+    // The punch succeeded: both sides switch to the direct path.
+    a.routes.set_path(nb, Path::Direct(b.real));
+    b.routes.set_path(na, Path::Direct(a.real));
+    let before = (
+        a.relay.packets.load(Ordering::Relaxed),
+        b.relay.packets.load(Ordering::Relaxed),
+    );
+    for i in 0..20 {
+        let msg = format!("direct {i}");
+        assert_eq!(echo_once(&conn, msg.as_bytes()).await, msg.as_bytes());
+    }
+    let after = (
+        a.relay.packets.load(Ordering::Relaxed),
+        b.relay.packets.load(Ordering::Relaxed),
+    );
+    assert_eq!(before, after, "nothing more went through the relay");
+    assert!(a.handle.stats().direct_sent.load(Ordering::Relaxed) >= 20);
+    assert_eq!(conn.stable_id(), conn.stable_id());
+    assert!(
+        conn.close_reason().is_none(),
+        "same connection, never closed"
+    );
+
+    // A probe-looking datagram sent to A's socket goes to the daemon, not quinn.
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger
+        .send_to(&[0xA7, b'A', b'M', b'P', 1, 2, 3], a.real)
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(5), a.diverted.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (d.kind, d.src, d.data.len()),
+        (Kind::Probe, stranger.local_addr().unwrap(), 7)
+    );
+    assert_eq!(echo_once(&conn, b"still fine").await, b"still fine");
+
+    conn.close(0u32.into(), b"done");
+    assert_eq!(
+        accept.await.unwrap(),
+        na,
+        "the server read the client's node id"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_without_a_path_is_not_reachable_until_one_is_set() {
+    let a = side(3);
+    let b = side(4);
+    let nb = b.key.node_id();
+    let client =
+        agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(nb), &[ALPN_PEER])
+            .unwrap();
+    let connecting = a
+        .endpoint
+        .connect_with(
+            client,
+            a.routes.virtual_addr(nb),
+            agentmesh_tlsid::SERVER_NAME,
+        )
+        .unwrap();
+    let server = b.endpoint.clone();
+    tokio::spawn(async move {
+        if let Some(i) = server.accept().await {
+            let _ = i.await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        a.handle.stats().dropped.load(Ordering::Relaxed) > 0,
+        "packets without a path are dropped"
+    );
+    a.routes.set_path(nb, Path::Direct(b.real));
+    b.routes.set_path(a.key.node_id(), Path::Direct(a.real));
+    let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(agentmesh_tlsid::peer_node_id_quic(&conn).unwrap(), nb);
+}
