@@ -27,6 +27,7 @@ pub use behavior::{Filtering, Mapping, Preset};
 pub use link::{LinkConfig, Loss};
 pub use nat::{NatConfig, PortAlloc, Refresh};
 pub use sim::{
-    Datagram, HostId, LinkRef, NatId, NetworkId, Output, SendError, Sim, Site, TopologyError,
+    Datagram, HostId, LinkRef, NatId, NetworkId, Output, RouterId, SendError, Sim, Site,
+    TopologyError,
 };
 pub use time::SimTime;

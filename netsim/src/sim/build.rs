@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 
 use indexmap::IndexMap;
 
-use super::{Attach, Host, HostId, Iface, NatId, NatNode, Network, NetworkId, Sim};
+use super::{
+    Attach, Host, HostId, Iface, NatId, NatNode, Network, NetworkId, RouterId, Sim, Upstream,
+};
 use crate::behavior::Preset;
 use crate::link::{Link, LinkConfig};
 use crate::nat::{MappingView, Nat, NatConfig};
@@ -20,6 +22,12 @@ pub enum TopologyError {
     /// No such NAT.
     #[error("unknown NAT {0}")]
     UnknownNat(NatId),
+    /// No such router.
+    #[error("unknown router {0}")]
+    UnknownRouter(RouterId),
+    /// A prefix length above 32.
+    #[error("bad prefix length {0}")]
+    BadPrefix(u8),
     /// No such network.
     #[error("unknown network {0}")]
     UnknownNetwork(NetworkId),
@@ -53,6 +61,8 @@ pub enum LinkRef {
     },
     /// A NAT's uplink to its outside network.
     Nat(NatId),
+    /// A router's uplink to its outside network.
+    Router(RouterId),
 }
 
 /// A host placed behind a preset by [`Sim::add_site`].
@@ -128,8 +138,9 @@ impl Sim {
         let inside = NetworkId(self.networks.len() as u32);
         self.networks.push(Network {
             name: format!("{name}-lan"),
-            gateway: Some(id),
+            upstream: Some(Upstream::Nat(id)),
             addrs: IndexMap::new(),
+            routes: Vec::new(),
         });
         let rng = self.rng().fork();
         let uplink = Link::new(uplink, self.rng());
@@ -300,6 +311,11 @@ impl Sim {
     fn link_mut(&mut self, link: LinkRef) -> Result<&mut Link, TopologyError> {
         match link {
             LinkRef::Nat(nat) => Ok(&mut self.nat_mut(nat)?.uplink),
+            LinkRef::Router(r) => self
+                .routers
+                .get_mut(r.index())
+                .map(|r| &mut r.link)
+                .ok_or(TopologyError::UnknownRouter(r)),
             LinkRef::Host { host, iface } => self
                 .host_mut(host)?
                 .ifaces

@@ -5,7 +5,9 @@ use std::net::{SocketAddr, SocketAddrV4};
 
 use bytes::Bytes;
 
-use super::{Attach, Datagram, Event, HostId, LinkRef, NatId, NetworkId, Output, Packet, Sim};
+use super::{
+    Attach, Datagram, Event, HostId, LinkRef, NatId, NetworkId, Output, Packet, Sim, Upstream,
+};
 use crate::link::{Dir, Transit};
 use crate::trace::{DropReason, TraceKind};
 
@@ -106,6 +108,7 @@ impl Sim {
                 .link
                 .transit(dir, now, len),
             LinkRef::Nat(nat) => self.nats[nat.index()].uplink.transit(dir, now, len),
+            LinkRef::Router(r) => self.routers[r.index()].link.transit(dir, now, len),
         };
         match transit {
             Transit::Dropped(reason) => self.drop_packet(&pkt, reason),
@@ -123,19 +126,37 @@ impl Sim {
         self.capture(net, &pkt);
         self.record(TraceKind::OnNetwork(net), &pkt);
         let network = &self.networks[net.index()];
-        match (network.addrs.get(pkt.dst.ip()).copied(), network.gateway) {
-            (Some(Attach::Host(host, iface)), _) => {
+        let attach = network.addrs.get(pkt.dst.ip()).copied();
+        let route = network.route(*pkt.dst.ip());
+        match (attach, route, network.upstream) {
+            (Some(Attach::Host(host, iface)), _, _) => {
                 self.cross(LinkRef::Host { host, iface }, Dir::Down, pkt, |pkt| {
                     Event::AtHost { host, pkt }
                 });
             }
-            (Some(Attach::NatOutside(nat)), _) => {
+            (Some(Attach::NatOutside(nat)), _, _) => {
                 self.cross(LinkRef::Nat(nat), Dir::Down, pkt, |pkt| {
                     Event::AtNatOutside { nat, pkt }
                 });
             }
-            (None, Some(gw)) if !from_gateway => self.nat_outbound(gw, pkt),
-            (None, _) => self.drop_packet(&pkt, DropReason::NoRoute),
+            (None, Some(r), _) => {
+                let inside = self.routers[r.index()].inside;
+                self.cross(LinkRef::Router(r), Dir::Down, pkt, |pkt| Event::OnNetwork {
+                    net: inside,
+                    pkt,
+                    from_gateway: true,
+                });
+            }
+            (None, None, Some(Upstream::Nat(gw))) if !from_gateway => self.nat_outbound(gw, pkt),
+            (None, None, Some(Upstream::Router(r))) if !from_gateway => {
+                let outside = self.routers[r.index()].outside;
+                self.cross(LinkRef::Router(r), Dir::Up, pkt, |pkt| Event::OnNetwork {
+                    net: outside,
+                    pkt,
+                    from_gateway: false,
+                });
+            }
+            (None, _, _) => self.drop_packet(&pkt, DropReason::NoRoute),
         }
     }
 

@@ -8,6 +8,7 @@
 
 mod build;
 mod forward;
+mod router;
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -63,6 +64,11 @@ id_type!(
     "net",
     "A routed network: one address space (the internet or a NAT's inside)."
 );
+id_type!(
+    RouterId,
+    "r",
+    "A plain router (no translation) between a subnet and its outside network."
+);
 
 /// A datagram that reached a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +112,8 @@ pub(crate) struct Packet {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Event {
-    /// The packet reaches a network's router; `from_gateway` if the NAT put it there.
+    /// The packet reaches a network's router; `from_gateway` if its upstream NAT or router
+    /// put it there (then it must not be sent back up).
     OnNetwork {
         net: NetworkId,
         pkt: Packet,
@@ -156,12 +163,29 @@ pub(crate) enum Attach {
     NatOutside(NatId),
 }
 
+/// What connects a network to the one outside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upstream {
+    Nat(NatId),
+    Router(RouterId),
+}
+
+/// A subnet reachable through a router attached to this network.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Route {
+    pub(crate) prefix: Ipv4Addr,
+    pub(crate) len: u8,
+    pub(crate) router: RouterId,
+}
+
 #[derive(Debug)]
 pub(crate) struct Network {
     pub(crate) name: String,
-    /// The NAT whose inside this is (`None` for the internet).
-    pub(crate) gateway: Option<NatId>,
+    /// The NAT or router whose inside this is (`None` for the internet).
+    pub(crate) upstream: Option<Upstream>,
     pub(crate) addrs: IndexMap<Ipv4Addr, Attach>,
+    /// Subnets behind plain routers attached here.
+    pub(crate) routes: Vec<Route>,
 }
 
 #[derive(Debug)]
@@ -178,6 +202,14 @@ pub(crate) struct Host {
     pub(crate) up: bool,
     /// Bumped on crash so timers set before it never fire.
     pub(crate) epoch: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct RouterNode {
+    pub(crate) name: String,
+    pub(crate) outside: NetworkId,
+    pub(crate) inside: NetworkId,
+    pub(crate) link: Link,
 }
 
 #[derive(Debug)]
@@ -202,6 +234,7 @@ pub struct Sim {
     pub(crate) networks: Vec<Network>,
     pub(crate) hosts: Vec<Host>,
     pub(crate) nats: Vec<NatNode>,
+    pub(crate) routers: Vec<RouterNode>,
     tracing: bool,
     trace: Vec<TraceEntry>,
     capture: Option<Vec<Captured>>,
@@ -213,8 +246,9 @@ impl Sim {
     pub fn new(seed: u64) -> Sim {
         let internet = Network {
             name: "internet".to_owned(),
-            gateway: None,
+            upstream: None,
             addrs: IndexMap::new(),
+            routes: Vec::new(),
         };
         Sim {
             now: SimTime::ZERO,
@@ -226,6 +260,7 @@ impl Sim {
             networks: vec![internet],
             hosts: Vec::new(),
             nats: Vec::new(),
+            routers: Vec::new(),
             tracing: true,
             trace: Vec::new(),
             capture: None,
