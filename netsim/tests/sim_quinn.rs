@@ -134,3 +134,100 @@ async fn quic_handshake_and_stream_between_two_nated_hosts() {
             && m.permits.contains(&"198.51.100.2:4433".parse().unwrap())));
     assert!(net.now() > SimTime::ZERO);
 }
+
+/// Echoes each bidirectional stream back, uppercased, until the connection closes.
+async fn echo_server(ep: quinn::Endpoint) -> quinn::Connection {
+    let conn = ep.accept().await.unwrap().await.unwrap();
+    let c = conn.clone();
+    tokio::spawn(async move {
+        while let Ok((mut send, mut recv)) = c.accept_bi().await {
+            let msg = recv.read_to_end(1 << 16).await.unwrap();
+            send.write_all(&msg.to_ascii_uppercase()).await.unwrap();
+            send.finish().unwrap();
+        }
+    });
+    conn
+}
+
+async fn ask(conn: &quinn::Connection, msg: &[u8]) -> Vec<u8> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(msg).await.unwrap();
+    send.finish().unwrap();
+    recv.read_to_end(1 << 16).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_survives_a_nat_reboot_that_changes_its_port() {
+    let mut sim = Sim::new(7);
+    let inet = sim.internet();
+    let server_ip = Ipv4Addr::new(203, 0, 113, 5);
+    let server = sim.add_host("server", inet, server_ip, wan()).unwrap();
+    let client = sim
+        .add_site(
+            "c",
+            Preset::Symmetric,
+            inet,
+            [198, 51, 100, 1].into(),
+            [10, 0, 0, 2].into(),
+            wan(),
+        )
+        .unwrap();
+    let net = SimNet::new(sim);
+    let (server_cfg, client_cfg) = tls();
+    let s_ep = net.endpoint(server, 4433, Some(server_cfg)).unwrap();
+    let accepted = tokio::spawn(echo_server(s_ep));
+    let mut c_ep = net.endpoint(client.host, 0, None).unwrap();
+    c_ep.set_default_client_config(client_cfg);
+    let conn = c_ep
+        .connect(SocketAddr::from((server_ip, 4433)), "b.test")
+        .unwrap()
+        .await
+        .unwrap();
+    let server_conn = accepted.await.unwrap();
+    assert_eq!(ask(&conn, b"before").await, b"BEFORE");
+    let before = server_conn.remote_address();
+
+    let nat = client.nat.unwrap();
+    net.with(|sim| sim.reboot_nat(nat)).unwrap();
+    assert_eq!(ask(&conn, b"after").await, b"AFTER");
+    let after = server_conn.remote_address();
+    assert_ne!(
+        before, after,
+        "the server follows the new NAT port (QUIC migration)"
+    );
+    assert_eq!(after.ip(), before.ip());
+    conn.close(0u32.into(), b"done");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sockets_bind_send_and_receive_in_virtual_time() {
+    use netsim::adapter::BindError;
+    let mut sim = Sim::new(9);
+    let inet = sim.internet();
+    let link = LinkConfig::with_latency(Duration::from_millis(250));
+    let a = sim
+        .add_host("a", inet, [203, 0, 113, 1].into(), link)
+        .unwrap();
+    let b = sim
+        .add_host("b", inet, [203, 0, 113, 2].into(), link)
+        .unwrap();
+    let net = SimNet::new(sim);
+    let sa = net.bind(a, 5000).unwrap();
+    assert!(matches!(
+        net.bind(a, 5000),
+        Err(BindError::PortInUse { .. })
+    ));
+    let eph = net.bind(b, 0).unwrap();
+    assert!(eph.local_addr().port() >= 49_152);
+    drop(eph);
+    let sb = net.bind(b, 49_152).unwrap();
+
+    let t0 = tokio::time::Instant::now();
+    sa.send_to(b"ping", sb.local_addr()).await.unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = sb.recv_from(&mut buf).await.unwrap();
+    assert_eq!((&buf[..n], from), (&b"ping"[..], sa.local_addr()));
+    // Two links of 250 ms each, in tokio's (paused, auto-advancing) clock.
+    assert_eq!(t0.elapsed(), Duration::from_millis(500));
+    assert_eq!(net.now(), SimTime::from_millis(500));
+}
