@@ -11,11 +11,15 @@
 
 pub mod bucket;
 pub mod client;
+pub mod config;
 pub mod core;
 pub mod limits;
 pub mod metrics;
+pub mod server;
 pub mod store;
 
 pub use crate::core::{ConnId, Event, Link, Relay, StreamPoll};
+pub use config::Config;
 pub use limits::{Limits, MailLimits};
+pub use server::{start, Direction, RelayHandle, StartOptions, Tap};
 pub use store::{MailStore, MemStore, SqliteStore, StoreError};

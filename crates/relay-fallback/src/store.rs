@@ -64,6 +64,40 @@ pub trait MailStore {
     fn total(&self) -> Result<u64, StoreError>;
 }
 
+/// A boxed store is a store (the server picks SQLite or memory at run time).
+impl MailStore for Box<dyn MailStore + Send> {
+    fn insert(
+        &mut self,
+        to: &NodeId,
+        from: &NodeId,
+        sealed: &[u8],
+        expires_ms: u64,
+    ) -> Result<u64, StoreError> {
+        (**self).insert(to, from, sealed, expires_ms)
+    }
+    fn usage(&self, to: &NodeId, now_ms: u64) -> Result<(u64, u64), StoreError> {
+        (**self).usage(to, now_ms)
+    }
+    fn pending(
+        &self,
+        to: &NodeId,
+        after: u64,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<StoredMail>, StoreError> {
+        (**self).pending(to, after, limit, now_ms)
+    }
+    fn delete_through(&mut self, to: &NodeId, id: u64) -> Result<u64, StoreError> {
+        (**self).delete_through(to, id)
+    }
+    fn purge_expired(&mut self, now_ms: u64) -> Result<u64, StoreError> {
+        (**self).purge_expired(now_ms)
+    }
+    fn total(&self) -> Result<u64, StoreError> {
+        (**self).total()
+    }
+}
+
 /// Mails in an SQLite file; survives restarts.
 #[derive(Debug)]
 pub struct SqliteStore {

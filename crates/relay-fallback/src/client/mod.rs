@@ -1,8 +1,8 @@
 //! The relay client: [`ClientSession`] (sans-IO, for the daemon's own socket) and
 //! [`RelayClient`], a small tokio client over UDP or TCP/TLS used by tests and benchmarks.
 
-// mod conn;
+mod conn;
 mod session;
 
-// pub use conn::{ClientError, RelayClient};
+pub use conn::{ClientError, RelayClient};
 pub use session::{ClientEvent, ClientSession, SessionError};

@@ -1,0 +1,74 @@
+//! UDP driver: one receive task feeding the core, one send task draining it round-robin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::{Direction, ServerError, Shared};
+
+/// Datagrams taken from the core per lock.
+const BATCH: usize = 64;
+
+/// Binds `addr` and spawns the UDP tasks; returns the bound address.
+pub(super) async fn spawn(
+    tasks: &mut JoinSet<()>,
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> Result<SocketAddr, ServerError> {
+    let sock = UdpSocket::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let local = sock
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let sock = Arc::new(sock);
+    tasks.spawn(receive(shared.clone(), sock.clone(), stop.clone()));
+    tasks.spawn(send(shared, sock, stop));
+    Ok(local)
+}
+
+async fn receive(shared: Arc<Shared>, sock: Arc<UdpSocket>, mut stop: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                // ICMP errors surface here on some systems; the socket is still good.
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let datagram = &buf[..n];
+        shared.tap(Direction::In, datagram);
+        shared.with_core(|c| c.handle_datagram(Instant::now(), from, datagram));
+    }
+}
+
+async fn send(shared: Arc<Shared>, sock: Arc<UdpSocket>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shared.udp_notify.notified() => {}
+            _ = stop.changed() => return,
+        }
+        loop {
+            let batch: Vec<_> = {
+                let mut core = shared.core();
+                std::iter::from_fn(|| core.poll_udp()).take(BATCH).collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            for (to, datagram) in batch {
+                shared.tap(Direction::Out, &datagram);
+                if let Err(e) = sock.send_to(&datagram, to).await {
+                    tracing::debug!(error = %e, %to, "udp send failed");
+                }
+            }
+        }
+    }
+}
