@@ -21,7 +21,7 @@
 # 10.0.(i+1).(2+k); hosts of open sites: 198.51.100.(10+n) on the internet bridge.
 # Namespaces are named amlab-sh-NAME-NODE, never touch the host's interfaces, and
 # the Rust tests' leftover sweep leaves them alone. Logs: /tmp/amlab-sh-NAME/.
-set -euo pipefail
+set -Eeuo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 PATH=$PATH:/usr/sbin:/sbin
@@ -143,19 +143,30 @@ cmd_up() {
   local desc=$1
   [ -r "$desc" ] || die "cannot read $desc"
   [ -z "$(ip netns list | grep "^amlab-sh-$name-" || true)" ] || die "lab $name exists (lab.sh down $name)"
-  mkdir -p "$logdir"
-  trap 'echo "lab.sh: up failed, tearing down" >&2; cmd_down' ERR
-  up_internet
+  # Parse and check the whole description before building anything.
   local -a sites=() presets=() hosts=() host_sites=() extra=()
   while read -r kw a b rest; do
     case ${kw:-} in
-      ''|'#'*) ;;
-      site) sites+=("$a"); presets+=("$b") ;;
+      '') ;;
+      site) [ "$b" = open ] || [ -r "$here/nft/$b.nft" ] || die "unknown preset: $b"
+            sites+=("$a"); presets+=("$b") ;;
       host) hosts+=("$a"); host_sites+=("$b") ;;
       coturn|miniupnpd|netem) extra+=("$kw ${a:-} ${b:-} ${rest:-}") ;;
       *) die "unknown statement: $kw" ;;
     esac
   done < <(sed 's/#.*//' "$desc")
+  local s all=" ${sites[*]} ${hosts[*]} "
+  for s in "${host_sites[@]}"; do [[ " ${sites[*]} " == *" $s "* ]] || die "host on unknown site $s"; done
+  for s in "${extra[@]}"; do
+    set -- $s
+    case $1 in
+      miniupnpd) [[ " ${sites[*]} " == *" $2 "* ]] || die "miniupnpd on unknown site $2" ;;
+      netem) [[ $all == *" $2 "* ]] || die "netem on unknown node $2" ;;
+    esac
+  done
+  mkdir -p "$logdir"
+  trap 'trap - ERR; echo "lab.sh: up failed, tearing down" >&2; cmd_down; exit 1' ERR
+  up_internet
   local i k open=0
   for i in "${!sites[@]}"; do
     [ "${presets[$i]}" = open ] || {
