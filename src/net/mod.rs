@@ -9,3 +9,4 @@ pub mod mesh_socket;
 pub mod probe;
 pub mod punch;
 pub mod routes;
+pub mod stun;

@@ -8,3 +8,4 @@ mod cli;
 mod daemon_process;
 mod examples;
 mod local_api;
+mod stun_coturn;
