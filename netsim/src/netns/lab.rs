@@ -188,9 +188,11 @@ impl Lab {
     pub fn spawn(&self, node: &str, program: &str, args: &[&str]) -> Result<Spawned, LabError> {
         let ns = self.ns(node)?;
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        let log = self
-            .dir
-            .join(format!("{node}-{program}-{}.log", children.len()));
+        let log = self.dir.join(format!(
+            "{node}-{}-{}.log",
+            log_stem(program),
+            children.len()
+        ));
         let out = File::create(&log).map_err(|source| LabError::Io {
             what: "creating log",
             source,
@@ -280,6 +282,22 @@ impl Lab {
     }
 }
 
+/// The program's file name, safe inside a log file name.
+fn log_stem(program: &str) -> String {
+    let name = Path::new(program)
+        .file_name()
+        .map_or_else(|| program.into(), |n| n.to_string_lossy());
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Moves the calling thread into namespace `ns` (`/run/netns/<ns>`) for good. Use it on
 /// a thread you own (e.g. one that then runs a tokio runtime).
 pub fn enter_namespace(ns: &str) -> Result<(), LabError> {
@@ -312,5 +330,16 @@ impl Drop for Lab {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_stem_is_a_plain_file_name() {
+        assert_eq!(log_stem("/usr/sbin/miniupnpd"), "miniupnpd");
+        assert_eq!(log_stem("agentmesh d.v2"), "agentmesh_d_v2");
     }
 }
