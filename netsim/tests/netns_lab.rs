@@ -124,6 +124,50 @@ fn hosts_behind_cone_nats_punch_through_public_addresses() {
 }
 
 #[test]
+fn tokio_runtimes_run_inside_a_node() {
+    if !available("tokio_runtimes_run_inside_a_node", &[Tool::Nft]) {
+        return;
+    }
+    let lab = Lab::builder()
+        .site("a", Preset::PortRestrictedCone)
+        .host("a1", "a")
+        .build()
+        .unwrap();
+    let inside = SocketAddr::new(lab.addr("a1").unwrap().into(), 0);
+    let server = lab
+        .udp_socket(INTERNET, SocketAddr::new(SERVER_A.into(), 0))
+        .unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let to = server.local_addr().unwrap();
+    // A multi-thread runtime built on a thread inside a1: its workers are in a1 too, so
+    // a task there can bind a1's private address and reach the internet through the NAT.
+    lab.run_in("a1", || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let handle = tokio::spawn(async move {
+                let s = tokio::net::UdpSocket::bind(inside).await.unwrap();
+                s.send_to(b"from a task", to).await.unwrap();
+            });
+            handle.await.unwrap();
+        });
+    })
+    .unwrap();
+    let mut buf = [0u8; 32];
+    let (n, from) = server.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"from a task");
+    assert_eq!(
+        from.ip(),
+        std::net::IpAddr::from(lab.public_addr("a1").unwrap())
+    );
+}
+
+#[test]
 fn netem_delays_both_directions() {
     if !available("netem_delays_both_directions", &[Tool::Nft, Tool::Tc]) {
         return;
