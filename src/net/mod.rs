@@ -6,6 +6,7 @@
 
 pub mod demux;
 pub mod mesh_socket;
+pub mod peer_path;
 pub mod probe;
 pub mod punch;
 pub mod routes;

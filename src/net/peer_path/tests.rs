@@ -1,0 +1,183 @@
+//! Path lifecycle tests: relay first, punch to direct, keepalive, fallback, upgrades.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn drain_events(p: &mut PeerPath) -> Vec<PathEvent> {
+    std::iter::from_fn(|| p.poll_event()).collect()
+}
+
+/// Runs two paths against each other over a lossless 10 ms wire, no NAT.
+fn punch_pair(now: Instant) -> (PeerPath, PeerPath, SocketAddr, SocketAddr, Instant) {
+    let (a_addr, b_addr) = (addr("203.0.113.1:1000"), addr("198.51.100.1:2000"));
+    let mut a = PeerPath::new(now, PathConfig::default(), Tier::RelayUdp, 1);
+    let mut b = PeerPath::new(now, PathConfig::default(), Tier::RelayUdp, 2);
+    drain_events(&mut a);
+    drain_events(&mut b);
+    a.handle_introduction(7, vec![(b_addr, CandidateKind::Reflexive)], now);
+    b.handle_introduction(7, vec![(a_addr, CandidateKind::Reflexive)], now);
+    let mut t = now;
+    for _ in 0..200 {
+        for p in [&mut a, &mut b] {
+            if p.poll_timeout().is_some_and(|d| d <= t) {
+                p.handle_timeout(t);
+            }
+        }
+        let ta: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+        let tb: Vec<_> = std::iter::from_fn(|| b.poll_transmit()).collect();
+        t += Duration::from_millis(10);
+        for x in ta.into_iter().filter(|x| x.dst == b_addr) {
+            b.handle_probe(t, a_addr, x.body);
+        }
+        for x in tb.into_iter().filter(|x| x.dst == a_addr) {
+            a.handle_probe(t, b_addr, x.body);
+        }
+        if matches!(a.path(), Path::Direct(_)) && matches!(b.path(), Path::Direct(_)) {
+            break;
+        }
+    }
+    (a, b, a_addr, b_addr, t)
+}
+
+#[test]
+fn starts_relayed_and_asks_for_an_introduction() {
+    let mut p = PeerPath::new(Instant::now(), PathConfig::default(), Tier::RelayTcp, 1);
+    assert_eq!(
+        drain_events(&mut p),
+        vec![
+            PathEvent::Changed {
+                path: Path::Relay,
+                tier: Tier::RelayTcp,
+                rtt: None
+            },
+            PathEvent::WantIntroduction
+        ]
+    );
+    assert_eq!(p.tier().name(), "relay-tcp");
+}
+
+#[test]
+fn an_introduction_leads_to_a_direct_path_on_both_sides() {
+    let now = Instant::now();
+    let (mut a, mut b, a_addr, b_addr, _) = punch_pair(now);
+    assert_eq!(a.path(), Path::Direct(b_addr));
+    assert_eq!(b.path(), Path::Direct(a_addr));
+    assert_eq!(a.tier(), Tier::DirectStun);
+    let ev = drain_events(&mut a);
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [PathEvent::Changed {
+                path: Path::Direct(_),
+                tier: Tier::DirectStun,
+                rtt: Some(_)
+            }]
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(drain_events(&mut b).len(), 1);
+    // A second introduction while direct changes nothing.
+    a.handle_introduction(8, vec![(b_addr, CandidateKind::Reflexive)], now);
+    assert_eq!(a.path(), Path::Direct(b_addr));
+}
+
+#[test]
+fn keepalives_hold_the_path_and_silence_falls_back_to_the_relay() {
+    let now = Instant::now();
+    let (mut a, mut b, a_addr, b_addr, _) = punch_pair(now);
+    let mut t;
+    drain_events(&mut a);
+    // Answered keepalives: the path stays direct across several intervals.
+    for _ in 0..5 {
+        t = a.poll_timeout().unwrap();
+        a.handle_timeout(t);
+        let ping = a.poll_transmit().unwrap();
+        assert_eq!(
+            (ping.dst, ping.body.kind, ping.body.session),
+            (b_addr, ProbeKind::Ping, 0)
+        );
+        b.handle_probe(t, a_addr, ping.body);
+        let pong = b.poll_transmit().unwrap();
+        a.handle_probe(t, b_addr, pong.body);
+    }
+    assert_eq!(a.path(), Path::Direct(b_addr));
+    assert!(drain_events(&mut a).is_empty());
+    // Now the peer goes silent: three pings go unanswered, the fourth interval notices.
+    for _ in 0..3 {
+        t = a.poll_timeout().unwrap();
+        a.handle_timeout(t);
+        assert_eq!(
+            a.poll_transmit().map(|x| x.body.kind),
+            Some(ProbeKind::Ping)
+        );
+    }
+    assert!(matches!(a.path(), Path::Direct(_)));
+    {
+        t = a.poll_timeout().unwrap();
+        a.handle_timeout(t);
+        while a.poll_transmit().is_some() {}
+    }
+    assert_eq!(a.path(), Path::Relay);
+    assert_eq!(
+        drain_events(&mut a),
+        vec![
+            PathEvent::Changed {
+                path: Path::Relay,
+                tier: Tier::RelayUdp,
+                rtt: None
+            },
+            PathEvent::WantIntroduction
+        ]
+    );
+}
+
+#[test]
+fn relayed_paths_retry_upgrades_and_failed_punches_stay_relayed() {
+    let now = Instant::now();
+    let mut p = PeerPath::new(now, PathConfig::default(), Tier::RelayUdp, 1);
+    drain_events(&mut p);
+    p.handle_introduction(
+        3,
+        vec![(addr("203.0.113.9:9"), CandidateKind::Reflexive)],
+        now,
+    );
+    let mut t = now;
+    for _ in 0..100 {
+        let Some(d) = p.poll_timeout() else { break };
+        t = d;
+        p.handle_timeout(t);
+        while p.poll_transmit().is_some() {}
+        if matches!(p.state, State::Relayed { .. }) {
+            break;
+        }
+    }
+    assert_eq!(t, now + PunchConfig::default().give_up_after);
+    assert_eq!(p.path(), Path::Relay);
+    assert!(
+        drain_events(&mut p).is_empty(),
+        "still relayed: no route change"
+    );
+    let next = p.poll_timeout().unwrap();
+    assert_eq!(next, t + PathConfig::default().upgrade_interval);
+    p.handle_timeout(next);
+    assert_eq!(drain_events(&mut p), vec![PathEvent::WantIntroduction]);
+}
+
+#[test]
+fn a_network_change_drops_the_direct_path_and_re_punches() {
+    let now = Instant::now();
+    let (mut a, _b, _, _, t) = punch_pair(now);
+    drain_events(&mut a);
+    a.network_changed(t);
+    assert_eq!(a.path(), Path::Relay);
+    assert_eq!(
+        drain_events(&mut a).last(),
+        Some(&PathEvent::WantIntroduction)
+    );
+}
