@@ -116,7 +116,7 @@ enum State {
         next_upgrade: Instant,
     },
     Punching {
-        punch: Punch,
+        punch: Box<Punch>,
     },
     Direct {
         addr: SocketAddr,
@@ -206,7 +206,9 @@ impl PeerPath {
             start_at,
             seed,
         );
-        self.state = State::Punching { punch };
+        self.state = State::Punching {
+            punch: Box::new(punch),
+        };
     }
 
     /// A probe from the peer arrived from `src` (opened and checked by the caller).
