@@ -5,11 +5,13 @@
 //! [`config`] reads the TOML file. Everything that touches sockets or clocks lives outside
 //! the core.
 
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod deframe;
 mod index;
 pub mod metrics;
 pub mod ratelimit;
+pub mod server;
 pub mod store;
 pub mod stun;
