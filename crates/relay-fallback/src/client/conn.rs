@@ -52,8 +52,8 @@ pub enum ClientError {
 /// The socket under a client.
 #[derive(Debug)]
 enum Io {
-    /// A UDP socket connected to the relay.
-    Udp(UdpSocket),
+    /// A UDP socket connected to the relay, and a receive buffer.
+    Udp(UdpSocket, Vec<u8>),
     /// A TLS stream and the bytes read but not yet decoded.
     Tls(Box<TlsStream<TcpStream>>, Vec<u8>),
 }
@@ -84,7 +84,7 @@ impl RelayClient {
         let sock = UdpSocket::bind(bind).await?;
         sock.connect(relay).await?;
         let session = ClientSession::new(key, relay_id, Transport::Udp);
-        Self::handshake(session, Io::Udp(sock)).await
+        Self::handshake(session, Io::Udp(sock, vec![0; 65536])).await
     }
 
     /// Connects over TCP/TLS to `relay` and authenticates with `key`. With `relay_id` the
@@ -119,7 +119,7 @@ impl RelayClient {
             let wait = tokio::time::timeout(Duration::from_secs(2), c.until_ready());
             match wait.await {
                 Ok(r) => return r.map(|()| c),
-                Err(_) if matches!(c.io, Io::Udp(_)) => continue,
+                Err(_) if matches!(c.io, Io::Udp(..)) => continue,
                 Err(_) => break,
             }
         }
@@ -149,7 +149,7 @@ impl RelayClient {
     /// The local address of the socket.
     pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
         Ok(match &self.io {
-            Io::Udp(s) => s.local_addr()?,
+            Io::Udp(s, _) => s.local_addr()?,
             Io::Tls(s, _) => s.get_ref().0.local_addr()?,
         })
     }
@@ -182,7 +182,7 @@ impl RelayClient {
     /// Sends raw bytes (a datagram, or bytes on the stream): for tests of bad input.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         match &mut self.io {
-            Io::Udp(s) => {
+            Io::Udp(s, _) => {
                 s.send(bytes).await?;
             }
             Io::Tls(s, _) => s.write_all(bytes).await?,
@@ -226,15 +226,12 @@ impl RelayClient {
     async fn read_msg(&mut self) -> Result<RelayMsg, ClientError> {
         let max = frame::DEFAULT_MAX_FRAME;
         match &mut self.io {
-            Io::Udp(s) => {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    let n = s.recv(&mut buf).await?;
-                    if let Ok(m) = wire::decode_datagram(&buf[..n], max) {
-                        return Ok(m);
-                    }
+            Io::Udp(s, buf) => loop {
+                let n = s.recv(buf).await?;
+                if let Ok(m) = wire::decode_datagram(&buf[..n], max) {
+                    return Ok(m);
                 }
-            }
+            },
             Io::Tls(s, buf) => loop {
                 if let Some((m, used)) = frame::decode(buf, max)? {
                     buf.drain(..used);

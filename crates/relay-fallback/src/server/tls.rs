@@ -101,7 +101,8 @@ async fn run<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 65536];
+    // One TLS record at most per read; larger buffers only cost memory per connection.
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
         tokio::select! {
             r = rd.read(&mut buf) => {

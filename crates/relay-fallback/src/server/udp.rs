@@ -43,9 +43,18 @@ async fn receive(shared: Arc<Shared>, sock: Arc<UdpSocket>, mut stop: watch::Rec
             },
             _ = stop.changed() => return,
         };
-        let datagram = &buf[..n];
-        shared.tap(Direction::In, datagram);
-        shared.with_core(|c| c.handle_datagram(Instant::now(), from, datagram));
+        shared.tap(Direction::In, &buf[..n]);
+        // Take whatever else is already waiting under the same lock (no waiting here).
+        shared.with_core(|c| {
+            c.handle_datagram(Instant::now(), from, &buf[..n]);
+            for _ in 0..BATCH {
+                let Ok((n, from)) = sock.try_recv_from(&mut buf) else {
+                    break;
+                };
+                shared.tap(Direction::In, &buf[..n]);
+                c.handle_datagram(Instant::now(), from, &buf[..n]);
+            }
+        });
     }
 }
 
