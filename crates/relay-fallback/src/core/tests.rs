@@ -429,3 +429,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn expired_mail_is_purged_not_delivered() {
+    let mut limits = Limits::default();
+    limits.mail.ttl_secs = 10;
+    let mut h = H::new(limits);
+    let (a, aa) = h.connect(1, 1001);
+    let to = key(2).node_id();
+    h.send(
+        &a,
+        aa,
+        &ClientMsg::Store {
+            id: 1,
+            to,
+            sealed: Payload(vec![1]),
+        },
+    );
+    h.advance(Duration::from_secs(31));
+    assert_eq!(h.relay.counters().mail_expired, 1);
+    assert_eq!(h.relay.store().total().unwrap(), 0);
+    let (_b, ba) = h.connect(2, 1002);
+    assert!(h.out_to(ba).is_empty());
+}

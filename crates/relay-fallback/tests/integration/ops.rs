@@ -64,3 +64,101 @@ async fn drain_tells_clients_and_waits_for_them() {
     })
     .await;
 }
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn binary_has_help() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentmesh-relay"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
+}
+
+#[tokio::test]
+async fn binary_drains_on_sigterm() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (udp, tls, admin) = (free_port(), free_port(), free_port());
+        let cfg = dir.path().join("relay.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "key_file = {:?}\nstore_path = {:?}\nudp_listen = \"127.0.0.1:{udp}\"\n\
+                 tls_listen = \"127.0.0.1:{tls}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+                 drain_timeout_secs = 5\n",
+                dir.path().join("relay.key"),
+                dir.path().join("mail.db"),
+            ),
+        )
+        .unwrap();
+        let bin = env!("CARGO_BIN_EXE_agentmesh-relay");
+        let child = Child(
+            std::process::Command::new(bin)
+                .arg("--config")
+                .arg(&cfg)
+                .spawn()
+                .unwrap(),
+        );
+        let tls_addr: std::net::SocketAddr = ([127, 0, 0, 1], tls).into();
+        let mut c = None;
+        for _ in 0..100 {
+            if let Ok(x) =
+                agentmesh_relay::client::RelayClient::connect_tls(tls_addr, key(1), None).await
+            {
+                c = Some(x);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut c = c.expect("relay binary did not come up");
+        assert!(get(([127, 0, 0, 1], admin).into(), "/status")
+            .await
+            .contains("relay_id"));
+        let term = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(child.0.id().to_string())
+            .status()
+            .unwrap();
+        assert!(term.success());
+        let ev = c.recv_timeout(Duration::from_secs(5)).await.unwrap();
+        assert!(matches!(ev, Some(ClientEvent::Restarting { .. })), "{ev:?}");
+        drop(c);
+        let mut child = child;
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "relay did not exit after drain"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "{status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "drain did not notice the client left"
+        );
+    })
+    .await;
+}
