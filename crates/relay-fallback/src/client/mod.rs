@@ -5,4 +5,4 @@ mod conn;
 mod session;
 
 pub use conn::{ClientError, RelayClient};
-pub use session::{ClientEvent, ClientSession, SessionError};
+pub use session::{ClientEvent, ClientSession, SessionError, PING_INTERVAL};

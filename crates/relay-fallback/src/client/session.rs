@@ -2,7 +2,19 @@
 //!
 //! A daemon owns the socket; it sends [`ClientSession::hello`], feeds every decoded
 //! [`RelayMsg`] to [`ClientSession::handle`], sends the reply it returns (if any) and acts
-//! on the [`ClientEvent`].
+//! on the [`ClientEvent`]. On the daemon's single UDP socket:
+//!
+//! ```text
+//! let mut s = ClientSession::new(node_key, Some(relay_id), Transport::Udp);
+//! sock.send_to(&s.encode(&s.hello())?, relay_addr);
+//! // for each datagram from relay_addr where relay::is_relay_datagram(d):
+//! let (reply, event) = s.handle(s.decode(d)?)?;
+//! if let Some(r) = reply { sock.send_to(&s.encode(&r)?, relay_addr) }
+//! // to send: s.encode(&ClientMsg::Send { to, payload: Payload(quic_packet) })
+//! // every PING_INTERVAL while idle: s.encode(&ClientMsg::Ping { n })
+//! ```
+//!
+//! On `Restarting` or `Refused`, reconnect (new `hello`) after the suggested delay.
 
 use agentmesh_proto::frame::{self, FrameError};
 use agentmesh_proto::relay::{
@@ -10,6 +22,10 @@ use agentmesh_proto::relay::{
     MIN_UDP_HELLO, RELAY_VERSION,
 };
 use agentmesh_proto::{NodeId, SecretKey};
+
+/// How often an idle UDP client should ping the relay (the relay forgets UDP clients silent
+/// for `idle_timeout_secs`, 60 s by default; NAT mappings often last less than 30 s).
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Why the relay's answer is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,6 +148,14 @@ impl ClientSession {
         }
     }
 
+    /// Decodes a datagram (UDP) or one whole frame (TLS) from the relay.
+    pub fn decode(&self, bytes: &[u8]) -> Result<RelayMsg, FrameError> {
+        match self.transport {
+            Transport::Udp => wire::decode_datagram(bytes, frame::DEFAULT_MAX_FRAME),
+            Transport::Tls => frame::decode_datagram(bytes, frame::DEFAULT_MAX_FRAME),
+        }
+    }
+
     /// Handles a message from the relay: returns a reply to send and an event.
     pub fn handle(
         &mut self,
@@ -226,6 +250,19 @@ mod tests {
     fn hello_datagram_is_long_enough() {
         let s = ClientSession::new(key(1), None, Transport::Udp);
         assert!(s.encode(&s.hello()).unwrap().len() >= MIN_UDP_HELLO);
+    }
+
+    #[test]
+    fn decode_matches_the_transport() {
+        for t in [Transport::Udp, Transport::Tls] {
+            let s = ClientSession::new(key(1), None, t);
+            let msg = RelayMsg::Pong { n: 3 };
+            let bytes = match t {
+                Transport::Udp => wire::encode_datagram(&msg, 1000).unwrap(),
+                Transport::Tls => frame::encode(&msg, 1000).unwrap(),
+            };
+            assert_eq!(s.decode(&bytes).unwrap(), msg);
+        }
     }
 
     #[test]
