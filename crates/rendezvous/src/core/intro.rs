@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use agentmesh_proto::rendezvous::{Introduction, RvError, RvErrorCode, ServerMsg, MAX_PATTERNS};
 use agentmesh_proto::{NodeId, SubjectPattern};
+use rand::RngCore;
 
 use super::registry::{Class, Ctx, Failure};
 use super::{ConnId, NodeState, Output, Server, Tenant};
@@ -109,6 +110,8 @@ impl Server {
         if target == ctx.node {
             return Err(unknown());
         }
+        // Random ids: they stay unique across restarts, so daemons can drop repeats.
+        let ids = (self.rng.next_u64(), self.rng.next_u64());
         let (_, t) = self.tenants.get_index(ctx.tenant).ok_or_else(unknown)?;
         let a = t.nodes.get(&ctx.node).ok_or_else(unknown)?;
         let b = t
@@ -117,7 +120,7 @@ impl Server {
             .filter(|b| b.conn.is_some())
             .ok_or_else(unknown)?;
         let b_conn = b.conn.ok_or_else(unknown)?;
-        let (for_a, for_b) = self.plan(ctx.now, (ctx.node, a), (target, b));
+        let (for_a, for_b) = self.plan(ctx.now, ids, (ctx.node, a), (target, b));
         out.push(Output::Send {
             conn: ctx.conn,
             msg: ServerMsg::Ok { req },
@@ -130,7 +133,6 @@ impl Server {
             conn: b_conn,
             msg: ServerMsg::Introduction(for_b.sign(&self.key)),
         });
-        self.next_intro += 2;
         self.metrics.introductions += 1;
         tracing::debug!(from = %ctx.node.short(), to = %target.short(), "introduction");
         Ok(())
@@ -142,6 +144,7 @@ impl Server {
     fn plan(
         &self,
         now: Instant,
+        (id_a, id_b): (u64, u64),
         (a_id, a): (NodeId, &NodeState),
         (b_id, b): (NodeId, &NodeState),
     ) -> (Introduction, Introduction) {
@@ -168,8 +171,8 @@ impl Server {
             }
         };
         (
-            make(self.next_intro, a_id, a, b_id, b, true),
-            make(self.next_intro + 1, b_id, b, a_id, a, false),
+            make(id_a, a_id, a, b_id, b, true),
+            make(id_b, b_id, b, a_id, a, false),
         )
     }
 }

@@ -272,7 +272,6 @@ pub struct Server {
     /// Unauthenticated sessions' deadlines.
     auth_deadlines: BTreeSet<(Instant, ConnId)>,
     metrics: Metrics,
-    next_intro: u64,
 }
 
 impl Server {
@@ -292,7 +291,6 @@ impl Server {
             expiry: BTreeSet::new(),
             auth_deadlines: BTreeSet::new(),
             metrics: Metrics::default(),
-            next_intro: 1,
         }
     }
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod abuse;
+mod binary;
 mod harness;
 mod registry;
 mod stun;

@@ -1,0 +1,166 @@
+//! Discovery at scale: 100,000 signed agents in one tenant, then a mix of queries through
+//! the core (index lookup, matching, cloning and stamping the results). Prints a table of
+//! p50/p99 per query kind and writes `target/bench/rendezvous.json`.
+//!
+//! Run: `cargo bench -p agentmesh-rendezvous --bench discovery` (AGENTS=n to change the size).
+
+use std::time::{Duration, Instant};
+
+use agentmesh_proto::manifest::Skill;
+use agentmesh_proto::{DiscoverQuery, Manifest, NodeId, SecretKey};
+use agentmesh_rendezvous::core::{AgentRow, CoreConfig, Server, TenantConfig};
+
+const CAPS: usize = 50;
+const SKILLS: usize = 200;
+const TAGS: usize = 100;
+const ROUNDS: usize = 2_000;
+
+fn key(i: u64) -> SecretKey {
+    let mut b = [7u8; 32];
+    b[..8].copy_from_slice(&i.to_be_bytes());
+    SecretKey::from_bytes(&b)
+}
+
+fn manifest(i: u64) -> Manifest {
+    let k = key(i);
+    let mut m = Manifest::new(k.agent_id(), format!("Agent {i:06}"));
+    let c = i as usize;
+    m.capabilities = (0..3)
+        .map(|j| format!("cap{}", (c * 7 + j * 13) % CAPS))
+        .collect();
+    m.skills = (0..2)
+        .map(|j| Skill {
+            id: format!("skill{}", (c * 3 + j * 101) % SKILLS),
+            tags: vec![format!("tag{}", (c + j) % TAGS)],
+            ..Skill::default()
+        })
+        .collect();
+    m.sign(&k, "2026-11-21T00:00:00Z");
+    m
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn query(kind: &str, i: usize) -> DiscoverQuery {
+    let mut q = DiscoverQuery::default();
+    match kind {
+        "one capability" => q.capabilities = vec![format!("cap{}", i % CAPS)],
+        "two capabilities" => {
+            q.capabilities = vec![
+                format!("cap{}", (i * 7) % CAPS),
+                format!("cap{}", (i * 7 + 13) % CAPS),
+            ]
+        }
+        "skill id" => q.skill_id = Some(format!("skill{}", i % SKILLS)),
+        "tags" => {
+            q.tags = vec![
+                format!("tag{}", i % TAGS),
+                format!("tag{}", (i + 50) % TAGS),
+            ]
+        }
+        "capability+availability" => {
+            q.capabilities = vec![format!("cap{}", i % CAPS)];
+            q.availability = Some(agentmesh_proto::Availability::Online);
+        }
+        "name substring (scan)" => q.name = Some(format!("{:04}", i % 10_000)),
+        "no match (scan)" => q.name = Some("zzz".into()),
+        "limit 1000" => {
+            q.capabilities = vec![format!("cap{}", i % CAPS)];
+            q.limit = Some(1000);
+        }
+        _ => {}
+    }
+    q
+}
+
+fn main() {
+    let n: u64 = std::env::var("AGENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let now = Instant::now();
+    let mut core = Server::new(CoreConfig::default(), key(u64::MAX), now, 0, 1);
+    core.add_tenant(TenantConfig {
+        name: "t".into(),
+        join_token: "x".into(),
+        revoked: vec![],
+    });
+    let nodes: Vec<NodeId> = (0..100).map(|i| key(1_000_000 + i).node_id()).collect();
+    let t = Instant::now();
+    for i in 0..n {
+        let row = AgentRow {
+            tenant: "t".into(),
+            node: nodes[(i % 100) as usize],
+            manifest: manifest(i),
+            last_seen_unix_ms: 0,
+        };
+        assert!(core.restore_agent(now, row));
+    }
+    let load = t.elapsed();
+    println!("loaded {n} signed agents in {load:.2?} (sign + verify + index)");
+    let kinds = [
+        "one capability",
+        "two capabilities",
+        "skill id",
+        "tags",
+        "capability+availability",
+        "limit 1000",
+        "name substring (scan)",
+        "no match (scan)",
+    ];
+    println!(
+        "{:<26} {:>10} {:>10} {:>10} {:>9}",
+        "query", "p50 (µs)", "p99 (µs)", "max (µs)", "results"
+    );
+    let mut rows = Vec::new();
+    for kind in kinds {
+        let mut times = Vec::with_capacity(ROUNDS);
+        let mut results = 0usize;
+        for i in 0..ROUNDS {
+            let q = query(kind, i);
+            let t = Instant::now();
+            let r = core.discover_in("t", &q);
+            times.push(t.elapsed());
+            results += r.len();
+        }
+        times.sort();
+        let (p50, p99, max) = (
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times[times.len() - 1],
+        );
+        let avg = results / ROUNDS;
+        println!(
+            "{kind:<26} {:>10.1} {:>10.1} {:>10.1} {avg:>9}",
+            us(p50),
+            us(p99),
+            us(max)
+        );
+        rows.push(serde_json::json!({"query": kind, "p50_us": us(p50), "p99_us": us(p99), "max_us": us(max), "avg_results": avg}));
+    }
+    let out = serde_json::json!({
+        "bench": "rendezvous discovery",
+        "agents": n,
+        "rounds_per_query": ROUNDS,
+        "load_s": load.as_secs_f64(),
+        "target_p99_ms": 5.0,
+        "queries": rows,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("rendezvous.json");
+    match std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&out).unwrap_or_default(),
+    ) {
+        Ok(()) => println!("wrote {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
