@@ -585,3 +585,84 @@ fn a_new_session_supersedes_the_old_and_restore_keeps_agents() {
     );
     assert_eq!(fresh.s.poll_timeout(), Some(fresh.at(45_000)));
 }
+
+mod model {
+    //! Model-based property test: random registrations, heartbeats, removals and clock
+    //! jumps from two nodes; discovery always answers exactly what a simple model says.
+
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Register(usize, usize),
+        Heartbeat(usize, usize),
+        Unregister(usize, usize),
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..2usize, 0..6usize).prop_map(|(n, a)| Op::Register(n, a)),
+            (0..2usize, 0..6usize).prop_map(|(n, a)| Op::Heartbeat(n, a)),
+            (0..2usize, 0..6usize).prop_map(|(n, a)| Op::Unregister(n, a)),
+            (0..40_000u64).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn discovery_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
+            let pool: Vec<Manifest> = (0..6).map(|i| manifest(i, &["x"])).collect();
+            let mut h = Harness::new();
+            let conns = [h.login(h.at(0), 2, "acme", "tok-a"), h.login(h.at(0), 3, "acme", "tok-a")];
+            let ttl = 45_000u64;
+            let mut now = 0u64;
+            // agent index -> (owner, deadline ms)
+            let mut model: BTreeMap<usize, (usize, u64)> = BTreeMap::new();
+            for op in ops {
+                h.s.handle_timeout(h.at(now));
+                model.retain(|_, (_, d)| *d > now);
+                match op {
+                    Op::Advance(ms) => now += ms,
+                    Op::Register(n, a) => {
+                        let out = h.request(h.at(now), conns[n], ClientMsg::Register { req: 1, manifests: vec![pool[a].clone()] });
+                        match model.get(&a) {
+                            Some((owner, _)) if *owner != n => prop_assert_eq!(error_code(&out, conns[n]), Some(RvErrorCode::NotOwner)),
+                            _ => { model.insert(a, (n, now + ttl)); }
+                        }
+                    }
+                    Op::Heartbeat(n, a) => {
+                        let out = h.request(h.at(now), conns[n], ClientMsg::Heartbeat { req: 2, agents: vec![(pool[a].id, Availability::Online)] });
+                        let known = matches!(model.get(&a), Some((owner, _)) if *owner == n);
+                        if known {
+                            model.insert(a, (n, now + ttl));
+                        }
+                        let want = if known { vec![] } else { vec![pool[a].id] };
+                        prop_assert_eq!(sends(&out, conns[n]), vec![ServerMsg::HeartbeatAck { req: 2, unknown: want }]);
+                    }
+                    Op::Unregister(n, a) => {
+                        h.request(h.at(now), conns[n], ClientMsg::Unregister { req: 3, agents: vec![pool[a].id] });
+                        if matches!(model.get(&a), Some((owner, _)) if *owner == n) {
+                            model.remove(&a);
+                        }
+                    }
+                }
+                h.s.handle_timeout(h.at(now));
+                model.retain(|_, (_, d)| *d > now);
+                let mut got: Vec<_> = h.s.discover_in("acme", &DiscoverQuery { limit: Some(1000), ..DiscoverQuery::default() })
+                    .into_iter().map(|r| (r.manifest.id, r.node)).collect();
+                got.sort();
+                let node_ids = [key(2).node_id(), key(3).node_id()];
+                let mut want: Vec<_> = model.iter().map(|(a, (n, _))| (pool[*a].id, node_ids[*n])).collect();
+                want.sort();
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(h.s.gauges().agents, model.len());
+            }
+        }
+    }
+}

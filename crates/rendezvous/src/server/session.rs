@@ -108,6 +108,9 @@ fn feed(shared: &Shared, conn: ConnId, frames: &mut FrameReader) {
     }
 }
 
+/// A peer that takes longer than this to accept one message is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn write<W: AsyncWrite + Unpin>(
     w: &mut W,
     msg: &ServerMsg,
@@ -116,6 +119,11 @@ async fn write<W: AsyncWrite + Unpin>(
     // Our own messages fit unless a discovery answer is huge; allow 16x the client limit.
     let bytes = encode(msg, max.saturating_mul(16))
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    w.write_all(&bytes).await?;
-    w.flush().await
+    let io = async {
+        w.write_all(&bytes).await?;
+        w.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, io)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer does not read"))?
 }
