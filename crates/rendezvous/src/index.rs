@@ -1,8 +1,11 @@
 //! The discovery index of one tenant: live agents in slots, with posting lists by
 //! capability, skill id and tag so a query only looks at agents that can match.
 //!
+//! Names are indexed by byte trigrams of their lower-cased form, so a name-substring
+//! query of three or more bytes only looks at names holding all of its trigrams.
+//!
 //! A query picks its most selective indexed filter (smallest posting list; for tags the
-//! union of their lists), walks those candidates and applies the full
+//! union of their lists; for names the rarest trigram), walks those candidates and applies the full
 //! [`DiscoverQuery::matches`] rule to each, stopping at the limit. Queries with no indexed
 //! filter scan all slots.
 
@@ -36,6 +39,15 @@ pub(crate) struct Index {
     by_cap: Postings,
     by_skill: Postings,
     by_tag: Postings,
+    by_trigram: HashMap<[u8; 3], IndexSet<u32>>,
+}
+
+/// The distinct byte trigrams of `s`.
+fn trigrams(s: &str) -> IndexSet<[u8; 3]> {
+    s.as_bytes()
+        .windows(3)
+        .map(|w| [w[0], w[1], w[2]])
+        .collect()
 }
 
 fn post(map: &mut Postings, key: &str, slot: u32) {
@@ -91,6 +103,9 @@ impl Index {
         }
         self.by_agent.insert(manifest.id, slot);
         let name_lower = manifest.name.to_lowercase();
+        for t in trigrams(&name_lower) {
+            self.by_trigram.entry(t).or_default().insert(slot);
+        }
         self.slots[slot as usize] = Some(Entry {
             manifest,
             node,
@@ -110,6 +125,14 @@ impl Index {
             unpost(&mut self.by_skill, &s.id, slot);
             for t in &s.tags {
                 unpost(&mut self.by_tag, t, slot);
+            }
+        }
+        for t in trigrams(&entry.name_lower) {
+            if let Some(set) = self.by_trigram.get_mut(&t) {
+                set.swap_remove(&slot);
+                if set.is_empty() {
+                    self.by_trigram.remove(&t);
+                }
             }
         }
         self.free.push(slot);
@@ -149,7 +172,14 @@ impl Index {
             .iter()
             .map(|c| self.by_cap.get(c))
             .chain(query.skill_id.iter().map(|s| self.by_skill.get(s)));
-        for list in lists {
+        let name = query
+            .name
+            .as_ref()
+            .map(|n| n.to_lowercase())
+            .unwrap_or_default();
+        let grams = trigrams(&name);
+        let name_lists = grams.iter().map(|t| self.by_trigram.get(t));
+        for list in lists.chain(name_lists) {
             let list = list.unwrap_or(&empty);
             if best.is_none_or(|b| list.len() < b.len()) {
                 best = Some(list);
@@ -254,6 +284,10 @@ mod tests {
             0
         );
         assert!(!ix.by_cap.contains_key("text"), "empty lists are dropped");
+        assert!(
+            !ix.by_trigram.contains_key(b"t 2"),
+            "trigrams follow removals"
+        );
         assert_eq!(ix.query(&q(serde_json::json!({"limit": 5}))).len(), 1);
     }
 
@@ -266,6 +300,7 @@ mod tests {
             want_caps in prop::sample::subsequence(vec!["a", "b", "c", "d", "zz"], 0..3),
             skill in proptest::option::of(prop::sample::select(vec!["s1", "s2", "s9"])),
             tags in prop::sample::subsequence(vec!["t-s1", "t-s3", "none"], 0..2),
+            name in proptest::option::of(prop::sample::select(vec!["AGENT", "nt 1", "3", "zzz", "t 2"])),
         ) {
             let mut ix = Index::default();
             let mut all = Vec::new();
@@ -286,6 +321,7 @@ mod tests {
                 capabilities: want_caps.iter().map(|s| s.to_string()).collect(),
                 skill_id: skill.map(str::to_string),
                 tags: tags.iter().map(|s| s.to_string()).collect(),
+                name: name.map(str::to_string),
                 limit: Some(1000),
                 ..DiscoverQuery::default()
             };
