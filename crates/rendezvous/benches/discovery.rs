@@ -36,6 +36,10 @@ fn manifest(i: u64) -> Manifest {
         })
         .collect();
     m.sign(&k, "2026-11-21T00:00:00Z");
+    if i % 100 == 0 {
+        // Outside the signature: the registry owns availability.
+        m.availability = agentmesh_proto::Availability::Busy;
+    }
     m
 }
 
@@ -65,8 +69,10 @@ fn query(kind: &str, i: usize) -> DiscoverQuery {
             q.capabilities = vec![format!("cap{}", i % CAPS)];
             q.availability = Some(agentmesh_proto::Availability::Online);
         }
-        "name substring (scan)" => q.name = Some(format!("{:04}", i % 10_000)),
-        "no match (scan)" => q.name = Some("zzz".into()),
+        "availability busy (1%)" => q.availability = Some(agentmesh_proto::Availability::Busy),
+        "name substring" => q.name = Some(format!("{:04}", i % 10_000)),
+        "name, no match" => q.name = Some("zzz".into()),
+        "name, 2 chars (scan)" => q.name = Some(format!("{:02}", i % 100)),
         "limit 1000" => {
             q.capabilities = vec![format!("cap{}", i % CAPS)];
             q.limit = Some(1000);
@@ -108,8 +114,10 @@ fn main() {
         "tags",
         "capability+availability",
         "limit 1000",
-        "name substring (scan)",
-        "no match (scan)",
+        "availability busy (1%)",
+        "name substring",
+        "name, no match",
+        "name, 2 chars (scan)",
     ];
     println!(
         "{:<26} {:>10} {:>10} {:>10} {:>9}",

@@ -11,8 +11,10 @@
 
 use std::collections::HashMap;
 
-use agentmesh_proto::{AgentId, DiscoverQuery, Manifest, NodeId};
+use agentmesh_proto::{AgentId, Availability, DiscoverQuery, Manifest, NodeId};
 use indexmap::IndexSet;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 /// One live agent.
 #[derive(Debug, Clone)]
@@ -25,6 +27,15 @@ pub(crate) struct Entry {
     pub(crate) last_seen_unix_ms: u64,
     /// Lower-cased name, so name queries do not allocate per agent.
     name_lower: String,
+}
+
+/// Formats Unix milliseconds as RFC 3339.
+fn iso(unix_ms: u64) -> Option<String> {
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()?
+        .format(&Rfc3339)
+        .ok()
 }
 
 /// Posting lists: key → slots.
@@ -40,6 +51,17 @@ pub(crate) struct Index {
     by_skill: Postings,
     by_tag: Postings,
     by_trigram: HashMap<[u8; 3], IndexSet<u32>>,
+    /// Slots by availability (online, busy, degraded, offline).
+    by_avail: [IndexSet<u32>; 4],
+}
+
+fn avail_ix(a: Availability) -> usize {
+    match a {
+        Availability::Online => 0,
+        Availability::Busy => 1,
+        Availability::Degraded => 2,
+        Availability::Offline => 3,
+    }
 }
 
 /// The distinct byte trigrams of `s`.
@@ -75,15 +97,39 @@ impl Index {
         self.slots.get(slot as usize)?.as_ref()
     }
 
-    /// Mutable access for registry-owned fields (availability, last seen). Indexed
-    /// fields must not be changed through it.
-    pub(crate) fn get_mut(&mut self, agent: &AgentId) -> Option<&mut Entry> {
-        let slot = *self.by_agent.get(agent)?;
-        self.slots.get_mut(slot as usize)?.as_mut()
+    /// Records a heartbeat at `unix_ms` (also as the manifest's `last_heartbeat`, formatted
+    /// here once rather than in every discovery answer).
+    pub(crate) fn touch(&mut self, agent: &AgentId, unix_ms: u64) {
+        let Some(&slot) = self.by_agent.get(agent) else {
+            return;
+        };
+        if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+            e.last_seen_unix_ms = unix_ms;
+            e.manifest.last_heartbeat = iso(unix_ms);
+        }
+    }
+
+    /// Changes an agent's availability, keeping its posting list current.
+    pub(crate) fn set_availability(&mut self, agent: &AgentId, a: Availability) -> bool {
+        let Some(&slot) = self.by_agent.get(agent) else {
+            return false;
+        };
+        let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        let old = e.manifest.availability;
+        if old == a {
+            return false;
+        }
+        e.manifest.availability = a;
+        self.by_avail[avail_ix(old)].swap_remove(&slot);
+        self.by_avail[avail_ix(a)].insert(slot);
+        true
     }
 
     /// Inserts or replaces the agent of `manifest.id`.
-    pub(crate) fn upsert(&mut self, node: NodeId, manifest: Manifest, last_seen_unix_ms: u64) {
+    pub(crate) fn upsert(&mut self, node: NodeId, mut manifest: Manifest, last_seen_unix_ms: u64) {
+        manifest.last_heartbeat = iso(last_seen_unix_ms);
         self.remove(&manifest.id);
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -102,6 +148,7 @@ impl Index {
             }
         }
         self.by_agent.insert(manifest.id, slot);
+        self.by_avail[avail_ix(manifest.availability)].insert(slot);
         let name_lower = manifest.name.to_lowercase();
         for t in trigrams(&name_lower) {
             self.by_trigram.entry(t).or_default().insert(slot);
@@ -135,6 +182,7 @@ impl Index {
                 }
             }
         }
+        self.by_avail[avail_ix(entry.manifest.availability)].swap_remove(&slot);
         self.free.push(slot);
         Some(entry)
     }
@@ -179,7 +227,10 @@ impl Index {
             .unwrap_or_default();
         let grams = trigrams(&name);
         let name_lists = grams.iter().map(|t| self.by_trigram.get(t));
-        for list in lists.chain(name_lists) {
+        let avail = query
+            .availability
+            .map(|a| Some(&self.by_avail[avail_ix(a)]));
+        for list in lists.chain(name_lists).chain(avail) {
             let list = list.unwrap_or(&empty);
             if best.is_none_or(|b| list.len() < b.len()) {
                 best = Some(list);
@@ -301,6 +352,8 @@ mod tests {
             skill in proptest::option::of(prop::sample::select(vec!["s1", "s2", "s9"])),
             tags in prop::sample::subsequence(vec!["t-s1", "t-s3", "none"], 0..2),
             name in proptest::option::of(prop::sample::select(vec!["AGENT", "nt 1", "3", "zzz", "t 2"])),
+            busy in prop::collection::vec(0usize..40, 0..10),
+            avail in proptest::option::of(prop::sample::select(vec![Availability::Online, Availability::Busy])),
         ) {
             let mut ix = Index::default();
             let mut all = Vec::new();
@@ -312,6 +365,12 @@ mod tests {
                 ix.upsert(node(), m.clone(), 0);
                 all.push(m);
             }
+            for b in busy {
+                if let Some(m) = all.get_mut(b) {
+                    ix.set_availability(&m.id, Availability::Busy);
+                    m.availability = Availability::Busy;
+                }
+            }
             for r in removals {
                 if let Some(m) = all.get(r) {
                     ix.remove(&m.id);
@@ -322,6 +381,7 @@ mod tests {
                 skill_id: skill.map(str::to_string),
                 tags: tags.iter().map(|s| s.to_string()).collect(),
                 name: name.map(str::to_string),
+                availability: avail,
                 limit: Some(1000),
                 ..DiscoverQuery::default()
             };

@@ -9,8 +9,6 @@ use agentmesh_proto::rendezvous::{
     AgentRecord, ClientMsg, RvError, RvErrorCode, ServerMsg, MAX_BATCH, MAX_CANDIDATES,
 };
 use agentmesh_proto::{AgentId, DiscoverQuery, Manifest, NodeId};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 use super::{AgentRow, ConnId, NodeRow, NodeState, Output, Server, StoreOp};
 use crate::ratelimit::Bucket;
@@ -21,15 +19,6 @@ pub(super) enum Class {
     Register = 0,
     Discover = 1,
     Introduce = 2,
-}
-
-/// Formats Unix milliseconds as RFC 3339.
-fn iso(unix_ms: u64) -> Option<String> {
-    let nanos = i128::from(unix_ms) * 1_000_000;
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()?
-        .format(&Rfc3339)
-        .ok()
 }
 
 impl Server {
@@ -235,19 +224,20 @@ impl Server {
             return Ok(());
         };
         for (id, avail) in agents {
-            let Some(entry) = t.index.get_mut(id).filter(|e| e.node == ctx.node) else {
+            if t.index.get(id).is_none_or(|e| e.node != ctx.node) {
                 unknown.push(*id);
                 continue;
-            };
-            entry.last_seen_unix_ms = unix;
-            if entry.manifest.availability != *avail {
-                entry.manifest.availability = *avail;
-                out.push(Output::Persist(StoreOp::Agent(AgentRow {
-                    tenant: tenant_name.clone(),
-                    node: ctx.node,
-                    manifest: entry.manifest.clone(),
-                    last_seen_unix_ms: unix,
-                })));
+            }
+            t.index.touch(id, unix);
+            if t.index.set_availability(id, *avail) {
+                if let Some(e) = t.index.get(id) {
+                    out.push(Output::Persist(StoreOp::Agent(AgentRow {
+                        tenant: tenant_name.clone(),
+                        node: ctx.node,
+                        manifest: e.manifest.clone(),
+                        last_seen_unix_ms: unix,
+                    })));
+                }
             }
             if let Some(old) = t.deadlines.insert(*id, deadline) {
                 self.expiry.remove(&(old, ctx.tenant, *id));
@@ -324,13 +314,9 @@ impl Server {
         t.index
             .query(query)
             .into_iter()
-            .map(|e| {
-                let mut manifest = e.manifest.clone();
-                manifest.last_heartbeat = iso(e.last_seen_unix_ms);
-                AgentRecord {
-                    node: e.node,
-                    manifest,
-                }
+            .map(|e| AgentRecord {
+                node: e.node,
+                manifest: e.manifest.clone(),
             })
             .collect()
     }
