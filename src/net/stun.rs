@@ -6,7 +6,7 @@
 //! the same codec) is not used: it reads and writes the UDP socket itself, while the
 //! daemon's one socket belongs to quinn and STUN replies reach us through `demux`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,7 @@ pub struct StunProbe {
     pending: HashMap<[u8; 12], Pending>,
     answers: IndexMap<SocketAddr, SocketAddr>,
     order: Vec<SocketAddr>,
-    transmits: Vec<Transmit>,
+    transmits: VecDeque<Transmit>,
     next_txid: u64,
 }
 
@@ -76,7 +76,7 @@ impl StunProbe {
             pending: HashMap::new(),
             answers: IndexMap::new(),
             order: servers.to_vec(),
-            transmits: Vec::new(),
+            transmits: VecDeque::new(),
             next_txid: txid_seed,
         };
         for server in servers {
@@ -106,12 +106,13 @@ impl StunProbe {
                 next_retry,
             },
         );
-        self.transmits.push(Transmit { dst: server, data });
+        self.transmits.push_back(Transmit { dst: server, data });
     }
 
-    /// Requests to send now.
+    /// Requests to send now, in the order the servers were given (so a sequential NAT's
+    /// ports follow that order).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop()
+        self.transmits.pop_front()
     }
 
     /// When [`StunProbe::handle_timeout`] is next due.
@@ -223,6 +224,7 @@ mod tests {
         let mut p = StunProbe::new(now, &[s1, s2], 7);
         let reqs: Vec<Transmit> = std::iter::from_fn(|| p.poll_transmit()).collect();
         assert_eq!(reqs.len(), 2);
+        assert_eq!((reqs[0].dst, reqs[1].dst), (s1, s2), "sent in server order");
         assert!(crate::net::demux::classify(&reqs[0].data) == crate::net::demux::Kind::Stun);
         let public = addr("203.0.113.50:40000");
         for r in &reqs {

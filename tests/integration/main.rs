@@ -8,4 +8,5 @@ mod cli;
 mod daemon_process;
 mod examples;
 mod local_api;
+mod punch_matrix;
 mod stun_coturn;
