@@ -208,6 +208,24 @@ impl Server {
         }
     }
 
+    /// The transport saw the session's peer move to `addr` (QUIC migration after a NAT
+    /// rebinding): later introductions give peers the new address.
+    pub fn observe_addr(&mut self, conn: ConnId, addr: SocketAddr) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if s.observed == addr {
+            return;
+        }
+        s.observed = addr;
+        if let Phase::Authed { node, tenant } = s.phase {
+            if let Some(n) = self.node_mut(tenant, &node) {
+                n.observed = Some(addr);
+            }
+            tracing::debug!(node = %node.short(), %addr, "peer address changed");
+        }
+    }
+
     /// Marks `node` offline if `conn` is its live session; drops its subscriptions.
     pub(super) fn node_offline(
         &mut self,

@@ -8,6 +8,7 @@ use agentmesh_proto::rendezvous::{auth_transcript, ClientMsg, RvErrorCode, Serve
 use agentmesh_proto::{DiscoverQuery, Manifest, NodeId, SecretKey};
 
 use super::*;
+use crate::ratelimit::Rate;
 
 const T0_UNIX: u64 = 1_700_000_000_000;
 
@@ -453,6 +454,20 @@ fn introductions_are_signed_and_share_a_start_time() {
     assert!(ia.intro.initiator && !ib.intro.initiator);
     assert_eq!(ib.intro.to, key(3).node_id());
     assert_ne!(ia.intro.id, ib.intro.id);
+    // After a NAT rebinding (QUIC migration) the new address is handed out.
+    h.s.observe_addr(b, addr(33));
+    let out = h.request(
+        h.at(2_000),
+        a,
+        ClientMsg::Introduce {
+            req: 3,
+            target: key(3).node_id(),
+        },
+    );
+    let Some(ServerMsg::Introduction(again)) = sends(&out, a).pop() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(again.intro.peer_candidates[0], addr(33));
     // Another tenant's node is unknown.
     let out = h.request(
         h.at(1_000),

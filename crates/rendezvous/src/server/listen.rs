@@ -155,7 +155,9 @@ async fn quic_session(incoming: quinn::Incoming, shared: Arc<Shared>, stop: watc
     let peer = Peer {
         observed: conn.remote_address(),
         tls_node: tlsid::peer_node_id_quic(&conn).ok(),
-        rtt: Some(Box::new(move || rtt_conn.rtt())),
+        path: Some(Box::new(move || {
+            (rtt_conn.rtt(), rtt_conn.remote_address())
+        })),
     };
     session::run(shared, peer, recv, send, stop).await;
     // Let the final frames reach the peer before the connection goes.
@@ -207,7 +209,7 @@ async fn tcp_session(
     let peer = Peer {
         observed: from,
         tls_node,
-        rtt: None,
+        path: None,
     };
     session::run(shared, peer, r, w, stop).await;
 }

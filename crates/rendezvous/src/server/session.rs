@@ -31,8 +31,9 @@ pub(crate) const QUEUE: usize = 1024;
 pub(crate) struct Peer {
     pub(crate) observed: SocketAddr,
     pub(crate) tls_node: Option<NodeId>,
-    /// Reads the transport's RTT estimate, when it has one (QUIC).
-    pub(crate) rtt: Option<Box<dyn Fn() -> Duration + Send>>,
+    /// Reads the transport's RTT estimate and current peer address, when it has them
+    /// (QUIC: both change over the connection's life).
+    pub(crate) path: Option<Box<dyn Fn() -> (Duration, SocketAddr) + Send>>,
 }
 
 /// Runs a session until the peer leaves, the core closes it, or shutdown.
@@ -66,9 +67,12 @@ pub(crate) async fn run<R, W>(
                     Ok(n) => n,
                 };
                 frames.push(&buf[..n]);
-                if let Some(rtt) = &peer.rtt {
-                    let rtt = rtt();
-                    shared.with_core(|core| core.observe_rtt(conn, rtt));
+                if let Some(path) = &peer.path {
+                    let (rtt, addr) = path();
+                    shared.with_core(|core| {
+                        core.observe_rtt(conn, rtt);
+                        core.observe_addr(conn, addr);
+                    });
                 }
                 feed(&shared, conn, &mut frames);
             }
