@@ -75,6 +75,10 @@ pub struct MeshHandle {
 /// Queue sizes between the socket and the daemon.
 const QUEUE: usize = 1024;
 
+/// Most non-QUIC datagrams diverted in one `poll_recv` before yielding, so a flood of
+/// them cannot keep quinn's receive task spinning.
+const MAX_DIVERTED_PER_POLL: usize = 64;
+
 impl MeshSocket {
     /// Wraps `inner`; returns the socket for quinn, the daemon's handle, and the stream
     /// of diverted (non-QUIC) datagrams.
@@ -280,6 +284,7 @@ impl AsyncUdpSocket for MeshSocket {
                 return Poll::Ready(Ok(1));
             }
         }
+        let mut diverted = 0;
         loop {
             let n = match self.inner.poll_recv(cx, bufs, meta) {
                 Poll::Ready(Ok(n)) => n,
@@ -288,6 +293,11 @@ impl AsyncUdpSocket for MeshSocket {
             let kept = self.filter(n, bufs, meta);
             if kept > 0 {
                 return Poll::Ready(Ok(kept));
+            }
+            diverted += n;
+            if diverted >= MAX_DIVERTED_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
         }
     }

@@ -203,3 +203,53 @@ async fn a_peer_without_a_path_is_not_reachable_until_one_is_set() {
         .unwrap();
     assert_eq!(agentmesh_tlsid::peer_node_id_quic(&conn).unwrap(), nb);
 }
+
+#[tokio::test]
+async fn a_flood_of_non_quic_datagrams_does_not_starve_the_connection() {
+    let mut a = side(5);
+    let b = side(6);
+    let (na, nb) = (a.key.node_id(), b.key.node_id());
+    a.routes.set_path(nb, Path::Direct(b.real));
+    b.routes.set_path(na, Path::Direct(a.real));
+    let server = b.endpoint.clone();
+    tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let data = recv.read_to_end(1 << 20).await.unwrap();
+            send.write_all(&data).await.unwrap();
+            send.finish().unwrap();
+        }
+    });
+    let client =
+        agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(nb), &[ALPN_PEER])
+            .unwrap();
+    let conn = a
+        .endpoint
+        .connect_with(
+            client,
+            a.routes.virtual_addr(nb),
+            agentmesh_tlsid::SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let target = a.real;
+    let flood = std::thread::spawn(move || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..20_000 {
+            let _ = s.send_to(&[0xA7, b'A', b'M', b'P', 0], target);
+        }
+    });
+    for i in 0..10 {
+        let msg = format!("during the flood {i}");
+        let got = tokio::time::timeout(Duration::from_secs(10), echo_once(&conn, msg.as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(got, msg.as_bytes());
+    }
+    flood.join().unwrap();
+    let diverted = a.handle.stats().diverted.load(Ordering::Relaxed)
+        + a.handle.stats().dropped.load(Ordering::Relaxed);
+    assert!(diverted > 0);
+    while a.diverted.try_recv().is_ok() {}
+}
