@@ -8,6 +8,8 @@ pub mod demux;
 pub mod mesh_socket;
 pub mod peer_path;
 pub mod probe;
+pub mod portmap;
 pub mod punch;
+pub mod relay_link;
 pub mod routes;
 pub mod stun;

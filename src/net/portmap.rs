@@ -1,0 +1,1 @@
+//! UPnP IGD port mapping (igd-next): a public port on the home router, renewed before the lease ends, removed on shutdown.
