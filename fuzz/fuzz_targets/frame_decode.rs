@@ -1,0 +1,21 @@
+//! Every binary frame decoder: daemon, rendezvous and relay messages, as a stream and as
+//! UDP datagrams. Decoding garbage must return an error, never panic or over-allocate.
+#![no_main]
+
+use agentmesh_proto::frame::{decode, decode_datagram, DEFAULT_MAX_FRAME};
+use agentmesh_proto::{relay, rendezvous, DiscoverQuery, Envelope, ErrorObject, Manifest};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = decode::<Envelope>(data, DEFAULT_MAX_FRAME);
+    let _ = decode::<Manifest>(data, DEFAULT_MAX_FRAME);
+    let _ = decode::<DiscoverQuery>(data, DEFAULT_MAX_FRAME);
+    let _ = decode::<ErrorObject>(data, DEFAULT_MAX_FRAME);
+    let _ = decode::<rendezvous::ClientMsg>(data, DEFAULT_MAX_FRAME);
+    let _ = decode::<rendezvous::ServerMsg>(data, DEFAULT_MAX_FRAME);
+    let _ = decode::<relay::ClientMsg>(data, DEFAULT_MAX_FRAME);
+    let _ = decode::<relay::RelayMsg>(data, DEFAULT_MAX_FRAME);
+    let _ = decode_datagram::<relay::ClientMsg>(data, 2048);
+    let _ = relay::decode_datagram::<relay::ClientMsg>(data, 2048);
+    let _ = relay::decode_datagram::<relay::RelayMsg>(data, 2048);
+});
