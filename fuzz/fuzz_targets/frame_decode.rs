@@ -3,7 +3,7 @@
 #![no_main]
 
 use agentmesh_proto::frame::{decode, decode_datagram, DEFAULT_MAX_FRAME};
-use agentmesh_proto::{relay, rendezvous, DiscoverQuery, Envelope, ErrorObject, Manifest};
+use agentmesh_proto::{peer, relay, rendezvous, DiscoverQuery, Envelope, ErrorObject, Manifest};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,6 +15,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<rendezvous::ServerMsg>(data, DEFAULT_MAX_FRAME);
     let _ = decode::<relay::ClientMsg>(data, DEFAULT_MAX_FRAME);
     let _ = decode::<relay::RelayMsg>(data, DEFAULT_MAX_FRAME);
+    let _ = decode::<peer::RequesterFrame>(data, DEFAULT_MAX_FRAME);
+    let _ = decode::<peer::ResponderFrame>(data, DEFAULT_MAX_FRAME);
+    let _ = decode::<peer::OnewayFrame>(data, DEFAULT_MAX_FRAME);
     let _ = decode_datagram::<relay::ClientMsg>(data, 2048);
     let _ = relay::decode_datagram::<relay::ClientMsg>(data, 2048);
     let _ = relay::decode_datagram::<relay::RelayMsg>(data, 2048);

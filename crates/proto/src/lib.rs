@@ -11,6 +11,7 @@ pub mod id;
 pub mod json;
 pub mod keyfile;
 pub mod manifest;
+pub mod peer;
 pub mod relay;
 pub mod rendezvous;
 pub mod sealed;
