@@ -181,8 +181,9 @@ pub enum ServerMsg {
 pub struct AgentRecord {
     /// The daemon hosting the agent.
     pub node: NodeId,
-    /// The agent's manifest (signature verifies).
-    pub manifest: Manifest,
+    /// The agent's manifest (signature verifies); shared with the registry's index, so an
+    /// answer of many agents copies no manifest.
+    pub manifest: std::sync::Arc<Manifest>,
 }
 
 /// What the rendezvous tells each side of an introduction.

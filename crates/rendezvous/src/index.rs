@@ -10,6 +10,7 @@
 //! filter scan all slots.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use agentmesh_proto::{AgentId, Availability, DiscoverQuery, Manifest, NodeId};
 use indexmap::IndexSet;
@@ -20,7 +21,7 @@ use time::OffsetDateTime;
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     /// The verified manifest (registry-owned fields kept current).
-    pub(crate) manifest: Manifest,
+    pub(crate) manifest: Arc<Manifest>,
     /// The hosting node.
     pub(crate) node: NodeId,
     /// Last heartbeat or registration, Unix milliseconds.
@@ -105,7 +106,7 @@ impl Index {
         };
         if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
             e.last_seen_unix_ms = unix_ms;
-            e.manifest.last_heartbeat = iso(unix_ms);
+            Arc::make_mut(&mut e.manifest).last_heartbeat = iso(unix_ms);
         }
     }
 
@@ -121,7 +122,7 @@ impl Index {
         if old == a {
             return false;
         }
-        e.manifest.availability = a;
+        Arc::make_mut(&mut e.manifest).availability = a;
         self.by_avail[avail_ix(old)].swap_remove(&slot);
         self.by_avail[avail_ix(a)].insert(slot);
         true
@@ -154,7 +155,7 @@ impl Index {
             self.by_trigram.entry(t).or_default().insert(slot);
         }
         self.slots[slot as usize] = Some(Entry {
-            manifest,
+            manifest: Arc::new(manifest),
             node,
             last_seen_unix_ms,
             name_lower,

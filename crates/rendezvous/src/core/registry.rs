@@ -234,7 +234,7 @@ impl Server {
                     out.push(Output::Persist(StoreOp::Agent(AgentRow {
                         tenant: tenant_name.clone(),
                         node: ctx.node,
-                        manifest: e.manifest.clone(),
+                        manifest: Manifest::clone(&e.manifest),
                         last_seen_unix_ms: unix,
                     })));
                 }

@@ -142,7 +142,7 @@ impl Harness {
         let out = self.request(now, c, ClientMsg::Discover { req: 9, query });
         match sends(&out, c).pop() {
             Some(ServerMsg::Discovered { agents, .. }) => {
-                agents.into_iter().map(|a| a.manifest).collect()
+                agents.into_iter().map(|a| (*a.manifest).clone()).collect()
             }
             other => panic!("expected results, got {other:?}"),
         }
