@@ -9,4 +9,5 @@ mod daemon_process;
 mod examples;
 mod local_api;
 mod punch_matrix;
+mod punch_matrix_netns;
 mod stun_coturn;

@@ -26,7 +26,7 @@ const OBSERVERS: [Ipv4Addr; 2] = [
 ];
 
 /// What the physics allows, and why (the oracle).
-fn expected(a: Preset, b: Preset) -> (bool, &'static str) {
+pub(crate) fn expected(a: Preset, b: Preset) -> (bool, &'static str) {
     use Preset::*;
     let eim = |p| matches!(p, Open | FullCone | RestrictedCone | PortRestrictedCone);
     let lenient = |p| matches!(p, Open | FullCone | RestrictedCone);
