@@ -25,7 +25,7 @@ struct Side {
     local: SocketAddr,
     stun: StunProbe,
     path: Option<PeerPath>,
-    direct: Option<(Instant, Tier)>,
+    direct: Reached,
 }
 
 impl Side {
