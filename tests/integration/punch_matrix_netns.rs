@@ -19,6 +19,9 @@ use netsim::Preset;
 
 use crate::punch_matrix::expected;
 
+/// When a side's path became direct, and how.
+type Reached = Option<(Instant, Tier)>;
+
 struct Side {
     sock: UdpSocket,
     key: SecretKey,
@@ -118,12 +121,7 @@ impl Side {
     }
 }
 
-fn run_pair(
-    lab: &Lab,
-    ha: &str,
-    hb: &str,
-    port: u16,
-) -> (Option<(Instant, Tier)>, Option<(Instant, Tier)>, Instant) {
+fn run_pair(lab: &Lab, ha: &str, hb: &str, port: u16) -> (Reached, Reached, Instant) {
     let mut a = Side::new(lab, ha, port, 1);
     let mut b = Side::new(lab, hb, port, 2);
     let (na, nb) = (a.key.node_id(), b.key.node_id());
@@ -182,9 +180,7 @@ fn every_preset_pair_on_real_kernel_nat() {
             let (da, db, start) = run_pair(&lab, &format!("ha{i}"), &format!("hb{j}"), port);
             let direct = da.is_some() && db.is_some();
             let (want, why) = expected(a, b);
-            let name = |d: Option<(Instant, Tier)>| {
-                d.map_or("relay".to_string(), |d| d.1.name().to_string())
-            };
+            let name = |d: Reached| d.map_or("relay".to_string(), |d| d.1.name().to_string());
             let to_direct = da
                 .zip(db)
                 .map(|(x, y)| x.0.max(y.0).saturating_duration_since(start));
