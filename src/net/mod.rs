@@ -7,8 +7,8 @@
 pub mod demux;
 pub mod mesh_socket;
 pub mod peer_path;
-pub mod probe;
 pub mod portmap;
+pub mod probe;
 pub mod punch;
 pub mod relay_link;
 pub mod routes;
