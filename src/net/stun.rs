@@ -16,6 +16,8 @@ use stun_codec::rfc5389::attributes::{MappedAddress, XorMappedAddress};
 use stun_codec::rfc5389::{methods::BINDING, Attribute};
 use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
 
+use super::punch::{predicted_ports, CandidateKind};
+
 /// Retry schedule of one Binding request: first try, then after each of these.
 const RETRIES: [Duration; 3] = [
     Duration::from_millis(250),
@@ -177,6 +179,27 @@ impl StunProbe {
     pub fn observation(&self, local: SocketAddr) -> MappingObservation {
         classify(local, &self.answers())
     }
+
+    /// The candidates this node reports for hole punching: its local address, the
+    /// reflexive address the first observer saw, and, when the mapping is
+    /// endpoint-dependent with consecutive ports (a sequential symmetric NAT),
+    /// `predict` ports after the highest one seen.
+    pub fn candidates(&self, local: SocketAddr, predict: u16) -> Vec<(SocketAddr, CandidateKind)> {
+        let mut out = vec![(local, CandidateKind::Local)];
+        let answers = self.answers();
+        if let Some((_, reflexive)) = answers.first() {
+            out.push((*reflexive, CandidateKind::Reflexive));
+        }
+        if let MappingObservation::EndpointDependent { mut ports } = self.observation(local) {
+            ports.sort_unstable();
+            let sequential = ports.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
+            if let (true, Some((_, seen)), Some(last)) = (sequential, answers.first(), ports.last())
+            {
+                out.extend(predicted_ports(SocketAddr::new(seen.ip(), *last), predict));
+            }
+        }
+        out
+    }
 }
 
 /// Classifies the mapping from (observer, reflexive address) pairs.
@@ -265,6 +288,19 @@ mod tests {
         };
         ports.sort();
         assert_eq!(ports, vec![40001, 40002]);
+        // Consecutive ports: a sequential symmetric NAT; the next ones are predicted.
+        let local = addr("10.0.0.2:5000");
+        let c = p.candidates(local, 3);
+        assert_eq!(c[0], (local, CandidateKind::Local));
+        assert_eq!(c[1].1, CandidateKind::Reflexive);
+        let predicted: Vec<u16> = c[2..]
+            .iter()
+            .map(|(a, k)| {
+                assert_eq!(*k, CandidateKind::Predicted);
+                a.port()
+            })
+            .collect();
+        assert_eq!(predicted, vec![40003, 40004, 40005]);
     }
 
     #[test]

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use agentmesh::net::demux::{classify, Kind};
 use agentmesh::net::peer_path::{PathConfig, PathEvent, PeerPath, Tier};
 use agentmesh::net::probe;
-use agentmesh::net::punch::{predicted_ports, CandidateKind};
 use agentmesh::net::routes::Path;
-use agentmesh::net::stun::{MappingObservation, StunProbe};
+use agentmesh::net::stun::StunProbe;
 use agentmesh_proto::SecretKey;
 use netsim::link::{LinkConfig, Loss};
 use netsim::sim::{HostId, Output, Sim};
@@ -164,28 +163,6 @@ impl Run {
         }
         self.flush(n);
     }
-
-    /// The candidates a node would report, from its STUN answers (what the rendezvous
-    /// forwards in the introduction).
-    fn candidates(&self, n: usize) -> Vec<(SocketAddr, CandidateKind)> {
-        let node = &self.nodes[n];
-        let mut out = vec![(node.private, CandidateKind::Local)];
-        let answers = node.stun.answers();
-        if let Some((_, reflexive)) = answers.first() {
-            out.push((*reflexive, CandidateKind::Reflexive));
-        }
-        if let MappingObservation::EndpointDependent { mut ports } =
-            node.stun.observation(node.private)
-        {
-            ports.sort_unstable();
-            let sequential = ports.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
-            if let (true, Some((_, seen)), Some(last)) = (sequential, answers.first(), ports.last())
-            {
-                out.extend(predicted_ports(SocketAddr::new(seen.ip(), *last), 16));
-            }
-        }
-        out
-    }
 }
 
 struct Cell {
@@ -267,7 +244,8 @@ fn run_pair(a: Preset, b: Preset, latency_ms: (u64, u64), seed: u64) -> Cell {
     let start = SimTime::from_secs(3) + Duration::from_millis(100);
     let start_at = run.instant(start);
     for n in 0..2 {
-        let candidates = run.candidates(1 - n);
+        let other = &run.nodes[1 - n];
+        let candidates = other.stun.candidates(other.private, 16);
         let mut path = PeerPath::new(
             run.instant(run.sim.now()),
             PathConfig::default(),

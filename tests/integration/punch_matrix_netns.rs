@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use agentmesh::net::demux::{classify, Kind};
 use agentmesh::net::peer_path::{PathConfig, PathEvent, PeerPath, Tier};
 use agentmesh::net::probe;
-use agentmesh::net::punch::{predicted_ports, CandidateKind, PunchConfig};
+use agentmesh::net::punch::PunchConfig;
 use agentmesh::net::routes::Path;
-use agentmesh::net::stun::{MappingObservation, StunProbe};
+use agentmesh::net::stun::StunProbe;
 use agentmesh_proto::SecretKey;
 use netsim::netns::{self, coturn, Lab, Tool};
 use netsim::Preset;
@@ -51,25 +51,6 @@ impl Side {
             path: None,
             direct: None,
         }
-    }
-
-    fn candidates(&self) -> Vec<(SocketAddr, CandidateKind)> {
-        let mut out = vec![(self.local, CandidateKind::Local)];
-        let answers = self.stun.answers();
-        if let Some((_, reflexive)) = answers.first() {
-            out.push((*reflexive, CandidateKind::Reflexive));
-        }
-        if let MappingObservation::EndpointDependent { mut ports } =
-            self.stun.observation(self.local)
-        {
-            ports.sort_unstable();
-            let sequential = ports.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
-            if let (true, Some((_, seen)), Some(last)) = (sequential, answers.first(), ports.last())
-            {
-                out.extend(predicted_ports(SocketAddr::new(seen.ip(), *last), 16));
-            }
-        }
-        out
     }
 
     /// One turn: timers, sends, and whatever arrived.
@@ -139,7 +120,10 @@ fn run_pair(lab: &Lab, ha: &str, hb: &str, port: u16) -> (Reached, Reached, Inst
         ..PathConfig::default()
     };
     // The rendezvous's introduction: each side gets the other's candidates and the start.
-    let (for_a, for_b) = (b.candidates(), a.candidates());
+    let (for_a, for_b) = (
+        b.stun.candidates(b.local, 16),
+        a.stun.candidates(a.local, 16),
+    );
     for (side, candidates, seed) in [(&mut a, for_a, 10), (&mut b, for_b, 20)] {
         let mut p = PeerPath::new(Instant::now(), config.clone(), Tier::RelayUdp, seed);
         while p.poll_event().is_some() {}

@@ -74,6 +74,37 @@ fn side(seed: u8) -> Side {
     }
 }
 
+/// Accepts one connection on `endpoint` and echoes every bidirectional stream; the task
+/// returns the client's node id when the connection ends.
+fn spawn_echo_server(endpoint: Endpoint) -> tokio::task::JoinHandle<NodeId> {
+    tokio::spawn(async move {
+        let conn = endpoint.accept().await.unwrap().await.unwrap();
+        let peer = agentmesh_tlsid::peer_node_id_quic(&conn).unwrap();
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let data = recv.read_to_end(1 << 20).await.unwrap();
+            send.write_all(&data).await.unwrap();
+            send.finish().unwrap();
+        }
+        peer
+    })
+}
+
+/// Connects `a` to `b` (pinning `b`'s node id) through `a`'s virtual address for it.
+async fn connect(a: &Side, b: NodeId) -> quinn::Connection {
+    let client =
+        agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(b), &[ALPN_PEER])
+            .unwrap();
+    a.endpoint
+        .connect_with(
+            client,
+            a.routes.virtual_addr(b),
+            agentmesh_tlsid::SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .unwrap()
+}
+
 async fn echo_once(conn: &quinn::Connection, msg: &[u8]) -> Vec<u8> {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(msg).await.unwrap();
@@ -91,31 +122,9 @@ async fn starts_relayed_then_moves_direct_without_reconnecting() {
     a.routes.set_path(nb, Path::Relay);
     b.routes.set_path(na, Path::Relay);
 
-    let server = b.endpoint.clone();
-    let accept = tokio::spawn(async move {
-        let conn = server.accept().await.unwrap().await.unwrap();
-        let peer = agentmesh_tlsid::peer_node_id_quic(&conn).unwrap();
-        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let data = recv.read_to_end(1 << 20).await.unwrap();
-            send.write_all(&data).await.unwrap();
-            send.finish().unwrap();
-        }
-        peer
-    });
+    let accept = spawn_echo_server(b.endpoint.clone());
 
-    let client =
-        agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(nb), &[ALPN_PEER])
-            .unwrap();
-    let conn = a
-        .endpoint
-        .connect_with(
-            client,
-            a.routes.virtual_addr(nb),
-            agentmesh_tlsid::SERVER_NAME,
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = connect(&a, nb).await;
     assert_eq!(agentmesh_tlsid::peer_node_id_quic(&conn).unwrap(), nb);
     assert_eq!(echo_once(&conn, b"over the relay").await, b"over the relay");
     let relayed = a.relay.packets.load(Ordering::Relaxed);
@@ -211,28 +220,8 @@ async fn a_flood_of_non_quic_datagrams_does_not_starve_the_connection() {
     let (na, nb) = (a.key.node_id(), b.key.node_id());
     a.routes.set_path(nb, Path::Direct(b.real));
     b.routes.set_path(na, Path::Direct(a.real));
-    let server = b.endpoint.clone();
-    tokio::spawn(async move {
-        let conn = server.accept().await.unwrap().await.unwrap();
-        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let data = recv.read_to_end(1 << 20).await.unwrap();
-            send.write_all(&data).await.unwrap();
-            send.finish().unwrap();
-        }
-    });
-    let client =
-        agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(nb), &[ALPN_PEER])
-            .unwrap();
-    let conn = a
-        .endpoint
-        .connect_with(
-            client,
-            a.routes.virtual_addr(nb),
-            agentmesh_tlsid::SERVER_NAME,
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    spawn_echo_server(b.endpoint.clone());
+    let conn = connect(&a, nb).await;
     let target = a.real;
     let flood = std::thread::spawn(move || {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
