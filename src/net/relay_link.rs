@@ -1,1 +1,0 @@
-//! The relay link: carries relayed peers' QUIC packets through the blind relay, over the daemon's UDP socket or TCP/TLS.
