@@ -43,20 +43,7 @@ impl<S: MailStore> Relay<S> {
                 self.unpin(link);
                 self.pending += 1;
             }
-            None => {
-                self.make_room_for_pending();
-                self.links.insert(
-                    link,
-                    LinkState::new(
-                        now,
-                        State::Pending {
-                            nonce: None,
-                            since: now,
-                        },
-                    ),
-                );
-                self.pending += 1;
-            }
+            None => self.add_pending(now, link),
         }
         if let Some(ls) = self.links.get_mut(&link) {
             ls.state = fresh;
@@ -173,6 +160,23 @@ impl<S: MailStore> Relay<S> {
                 self.pending -= 1;
             }
         }
+    }
+
+    /// Starts tracking a new, not yet authenticated link (evicting the oldest pending
+    /// one if the bound is reached).
+    pub(super) fn add_pending(&mut self, now: Instant, link: Link) {
+        self.make_room_for_pending();
+        self.links.insert(
+            link,
+            LinkState::new(
+                now,
+                State::Pending {
+                    nonce: None,
+                    since: now,
+                },
+            ),
+        );
+        self.pending += 1;
     }
 
     /// Evicts the oldest pending link when the pending bound is reached.

@@ -5,25 +5,13 @@ use std::time::Instant;
 use agentmesh_proto::frame;
 use agentmesh_proto::relay::ClientMsg;
 
-use super::{ConnId, Link, LinkState, Relay, State};
+use super::{ConnId, Link, Relay, State};
 use crate::store::MailStore;
 
 impl<S: MailStore> Relay<S> {
     /// A stream connection was accepted (after TLS).
     pub fn handle_stream_open(&mut self, now: Instant, conn: ConnId) {
-        let link = Link::Stream(conn);
-        self.make_room_for_pending();
-        self.links.insert(
-            link,
-            LinkState::new(
-                now,
-                State::Pending {
-                    nonce: None,
-                    since: now,
-                },
-            ),
-        );
-        self.pending += 1;
+        self.add_pending(now, Link::Stream(conn));
     }
 
     /// Bytes arrived on a stream connection.
