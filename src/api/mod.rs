@@ -10,4 +10,4 @@ pub mod outbox;
 pub mod server;
 pub mod socket_path;
 
-pub use server::{ApiConfig, ApiServer, ServeError};
+pub use server::{ApiConfig, ApiServer, RouterHandle, ServeError};

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use super::lines::{read_line, Line};
@@ -85,6 +85,8 @@ struct Inner {
 
 struct Shared {
     inner: Mutex<Inner>,
+    /// Where outputs for the network go (none on a daemon without a mesh).
+    net: Mutex<Option<mpsc::UnboundedSender<Output>>>,
     timer: Notify,
     next_conn: AtomicU64,
     config: ApiConfig,
@@ -122,12 +124,27 @@ impl ApiServer {
                     router,
                     conns: HashMap::new(),
                 }),
+                net: Mutex::new(None),
                 timer: Notify::new(),
                 next_conn: AtomicU64::new(1),
                 config,
             }),
             listener,
         })
+    }
+
+    /// A handle the network driver uses to feed the router, and the stream of the
+    /// router's outputs meant for the network (peers, rendezvous). Call once, before
+    /// [`ApiServer::serve`]; without it such outputs are dropped.
+    pub fn attach_network(&self) -> (RouterHandle, mpsc::UnboundedReceiver<Output>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.shared.net.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        (
+            RouterHandle {
+                shared: self.shared.clone(),
+            },
+            rx,
+        )
     }
 
     /// The socket path.
@@ -160,6 +177,25 @@ impl ApiServer {
     }
 }
 
+/// Lets the network driver run router steps; their local outputs reach the local
+/// connections, the rest come back on the network's output stream.
+#[derive(Clone)]
+pub struct RouterHandle {
+    shared: Arc<Shared>,
+}
+
+impl RouterHandle {
+    /// Runs one router step with the current time and delivers what it produced.
+    pub fn apply(&self, step: impl FnOnce(&mut Router, Now) -> Vec<Output>) {
+        self.shared.apply(|r| step(r, Now::read()));
+    }
+
+    /// Reads the router without changing it.
+    pub fn read<T>(&self, f: impl FnOnce(&Router) -> T) -> T {
+        f(&self.shared.lock().router)
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -171,10 +207,26 @@ impl Shared {
         let before = inner.router.poll_timeout();
         let outputs = step(&mut inner.router);
         let after = inner.router.poll_timeout();
-        for Output::Send { conn, msg } in outputs {
-            deliver(&mut inner.conns, conn, &msg);
+        let mut for_net = Vec::new();
+        for out in outputs {
+            match out {
+                Output::Send { conn, msg } => deliver(&mut inner.conns, conn, &msg),
+                other => for_net.push(other),
+            }
         }
         drop(inner);
+        if !for_net.is_empty() {
+            let net = self.net.lock().unwrap_or_else(|e| e.into_inner());
+            match net.as_ref() {
+                Some(tx) => for_net.into_iter().for_each(|o| {
+                    let _ = tx.send(o);
+                }),
+                None => debug!(
+                    count = for_net.len(),
+                    "no mesh: outputs for the network dropped"
+                ),
+            }
+        }
         if before != after {
             self.timer.notify_one();
         }

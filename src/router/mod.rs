@@ -10,6 +10,7 @@ mod agents;
 mod events;
 mod keys;
 mod registry_ops;
+mod remote;
 mod subscriptions;
 mod task_ops;
 mod tasks;
@@ -23,6 +24,7 @@ use serde_json::{json, Value};
 
 pub use agents::{AgentTable, LocalAgent};
 pub use keys::{FileKeyStore, KeyStore, KeyStoreError, MemoryKeyStore};
+pub use remote::{Announce, Lookup, PeerMsg};
 pub use subscriptions::{Subscription, Subscriptions};
 pub use tasks::{Task, TaskTable};
 
@@ -62,6 +64,17 @@ pub enum Output {
         /// The message.
         msg: Value,
     },
+    /// Deliver a message to the router of another daemon.
+    Peer {
+        /// The daemon.
+        node: NodeId,
+        /// The message.
+        msg: Box<PeerMsg>,
+    },
+    /// Ask the rendezvous; answer with `Router::lookup_done`.
+    Lookup(Lookup),
+    /// Tell the rendezvous.
+    Announce(Announce),
 }
 
 /// Tunables of the router.

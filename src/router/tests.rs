@@ -72,7 +72,10 @@ impl Harness {
 
 fn flatten(outs: Vec<Output>) -> Vec<(u64, Value)> {
     outs.into_iter()
-        .map(|Output::Send { conn, msg }| (conn.0, msg))
+        .filter_map(|o| match o {
+            Output::Send { conn, msg } => Some((conn.0, msg)),
+            _ => None,
+        })
         .collect()
 }
 
