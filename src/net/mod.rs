@@ -9,5 +9,6 @@ pub mod mesh_socket;
 pub mod peer_path;
 pub mod probe;
 pub mod punch;
+pub mod relay_link;
 pub mod routes;
 pub mod stun;

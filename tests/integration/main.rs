@@ -10,4 +10,5 @@ mod examples;
 mod local_api;
 mod punch_matrix;
 mod punch_matrix_netns;
+mod relay_link;
 mod stun_coturn;

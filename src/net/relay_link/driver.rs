@@ -1,0 +1,321 @@
+//! The relay link's tokio driver: feeds the [`RelayLinkState`] with packets from the
+//! [`MeshSocket`](crate::net::mesh_socket::MeshSocket) (through [`RelayLinkSender`]),
+//! relay datagrams diverted from the daemon's socket, TLS frames and timers, and carries
+//! out what it asks: UDP datagrams via [`MeshHandle::send_raw`], received packets via
+//! [`MeshHandle::deliver_relayed`], TLS connections via `tls.rs`. Status is published on
+//! a watch channel.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use agentmesh_proto::{NodeId, SecretKey};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+use super::state::{LinkEvent, LinkTransmit, RelayLinkState};
+use super::tls::{TlsConn, TlsInput};
+use super::{RelayLinkConfig, RelayLinkStatus};
+use crate::net::mesh_socket::{MeshHandle, RelayLink};
+
+/// Packets queued from the socket to the driver; beyond it the socket's packets are
+/// dropped (QUIC sees loss and slows down).
+const OUTGOING_QUEUE: usize = 1024;
+/// TLS reports queued for the driver (the reader waits when it is full).
+const TLS_QUEUE: usize = 1024;
+/// Stored messages queued for the daemon.
+const MAIL_QUEUE: usize = 64;
+/// Inputs of one kind handled before looking at the others.
+const BATCH: usize = 64;
+
+/// The [`RelayLink`] given to the `MeshSocket`: hands packets to the driver without
+/// blocking (a full queue drops the packet and counts it). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RelayLinkSender {
+    tx: mpsc::Sender<(NodeId, Vec<u8>)>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl RelayLink for RelayLinkSender {
+    fn send(&self, peer: NodeId, packet: &[u8]) -> io::Result<()> {
+        if self.tx.try_send((peer, packet.to_vec())).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// The driver, created with its sender by [`relay_link`], started by
+/// [`RelayLinkDriver::spawn`].
+#[derive(Debug)]
+pub struct RelayLinkDriver {
+    config: RelayLinkConfig,
+    key: SecretKey,
+    outgoing: mpsc::Receiver<(NodeId, Vec<u8>)>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// A stored message the relay delivered (sealed to this node's key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mail {
+    /// Who stored it.
+    pub from: NodeId,
+    /// The sealed bytes (open with `agentmesh_proto::sealed::open`).
+    pub sealed: Vec<u8>,
+}
+
+/// A running relay link. Dropping it stops the link.
+#[derive(Debug)]
+pub struct RelayLinkHandle {
+    status: watch::Receiver<RelayLinkStatus>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    mail: Option<mpsc::Receiver<Mail>>,
+}
+
+/// Creates the link for node `key`: the sender for `MeshSocket::new`, and the driver to
+/// [`spawn`](RelayLinkDriver::spawn) once the socket's handle exists.
+pub fn relay_link(config: RelayLinkConfig, key: SecretKey) -> (RelayLinkSender, RelayLinkDriver) {
+    let (tx, outgoing) = mpsc::channel(OUTGOING_QUEUE);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let sender = RelayLinkSender {
+        tx,
+        dropped: dropped.clone(),
+    };
+    let driver = RelayLinkDriver {
+        config,
+        key,
+        outgoing,
+        dropped,
+    };
+    (sender, driver)
+}
+
+impl RelayLinkDriver {
+    /// Starts the link on the daemon's socket `mesh`. `relay_frames` carries the relay
+    /// datagrams (`Kind::Relay`) the daemon's network driver took from the socket's
+    /// diverted stream, with their source addresses. Must run inside a tokio runtime.
+    pub fn spawn(
+        self,
+        mesh: MeshHandle,
+        relay_frames: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    ) -> RelayLinkHandle {
+        let now = tokio::time::Instant::now().into_std();
+        let state = RelayLinkState::new(self.config, self.key, now);
+        let (status_tx, status) = watch::channel(snapshot(&state, 0));
+        let (tls_tx, tls_rx) = mpsc::channel(TLS_QUEUE);
+        let (mail_tx, mail) = mpsc::channel(MAIL_QUEUE);
+        let (stop, stop_rx) = oneshot::channel();
+        let driver = Driver {
+            state,
+            mesh,
+            outgoing: self.outgoing,
+            relay_frames,
+            tls_tx,
+            tls_rx,
+            tls: None,
+            status: status_tx,
+            mail: mail_tx,
+            sender_dropped: self.dropped,
+            io_dropped: 0,
+        };
+        let task = tokio::spawn(driver.run(stop_rx));
+        RelayLinkHandle {
+            status,
+            stop: Some(stop),
+            task,
+            mail: Some(mail),
+        }
+    }
+}
+
+impl RelayLinkHandle {
+    /// The link's status now.
+    pub fn status(&self) -> RelayLinkStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch(&self) -> watch::Receiver<RelayLinkStatus> {
+        self.status.clone()
+    }
+
+    /// The stored messages the relay delivers (once; `None` afterwards).
+    pub fn take_mail(&mut self) -> Option<mpsc::Receiver<Mail>> {
+        self.mail.take()
+    }
+
+    /// Stops the link (closing its TLS connection) and waits for the driver to end.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RelayLinkHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn snapshot(state: &RelayLinkState, extra_dropped: u64) -> RelayLinkStatus {
+    let c = state.counters();
+    RelayLinkStatus {
+        connected: state.is_connected(),
+        transport: state.transport(),
+        relay: state.relay_addr(),
+        sent: c.sent,
+        received: c.received,
+        dropped: c.dropped + extra_dropped,
+        peer_gone: c.peer_gone,
+        connects: c.connects,
+    }
+}
+
+struct Driver {
+    state: RelayLinkState,
+    mesh: MeshHandle,
+    outgoing: mpsc::Receiver<(NodeId, Vec<u8>)>,
+    relay_frames: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    tls_tx: mpsc::Sender<TlsInput>,
+    tls_rx: mpsc::Receiver<TlsInput>,
+    /// The TLS connection in use or being opened.
+    tls: Option<TlsConn>,
+    status: watch::Sender<RelayLinkStatus>,
+    mail: mpsc::Sender<Mail>,
+    /// Packets the sender could not queue.
+    sender_dropped: Arc<AtomicU64>,
+    /// Transmits that failed here (socket errors, full TLS writer).
+    io_dropped: u64,
+}
+
+impl Driver {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        loop {
+            self.flush();
+            let deadline = self
+                .state
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            let timer = async move {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(input) = self.tls_rx.recv() => {
+                    self.on_tls(input);
+                    for _ in 0..BATCH {
+                        let Ok(input) = self.tls_rx.try_recv() else { break };
+                        self.on_tls(input);
+                    }
+                }
+                Some((src, bytes)) = self.relay_frames.recv() => {
+                    let now = now();
+                    self.state.handle_udp(now, src, &bytes);
+                    for _ in 0..BATCH {
+                        let Ok((src, bytes)) = self.relay_frames.try_recv() else { break };
+                        self.state.handle_udp(now, src, &bytes);
+                    }
+                }
+                Some((peer, packet)) = self.outgoing.recv() => {
+                    self.state.send(peer, packet);
+                    for _ in 0..BATCH {
+                        let Ok((peer, packet)) = self.outgoing.try_recv() else { break };
+                        self.state.send(peer, packet);
+                    }
+                }
+                _ = timer => self.state.handle_timeout(now()),
+            }
+        }
+        self.tls = None;
+    }
+
+    fn on_tls(&mut self, input: TlsInput) {
+        let now = now();
+        match input {
+            TlsInput::Opened { conn, writer } => {
+                if let Some(t) = self.tls.as_mut().filter(|t| t.conn == conn) {
+                    t.set_writer(writer);
+                }
+                self.state.handle_tls_open(now, conn);
+            }
+            TlsInput::Frame { conn, bytes } => self.state.handle_tls_frame(now, conn, &bytes),
+            TlsInput::Closed { conn } => self.state.handle_tls_closed(now, conn),
+        }
+    }
+
+    /// Carries out what the state asks, then publishes the status.
+    fn flush(&mut self) {
+        while let Some(t) = self.state.poll_transmit() {
+            self.transmit(t);
+        }
+        while let Some(e) = self.state.poll_event() {
+            self.event(e);
+        }
+        let extra = self.io_dropped + self.sender_dropped.load(Ordering::Relaxed);
+        let now = snapshot(&self.state, extra);
+        self.status.send_if_modified(|s| {
+            let changed = *s != now;
+            *s = now;
+            changed
+        });
+    }
+
+    fn transmit(&mut self, t: LinkTransmit) {
+        match t {
+            LinkTransmit::Udp { dst, bytes } => {
+                if let Err(error) = self.mesh.send_raw(dst, &bytes) {
+                    debug!(%error, "relay datagram not sent");
+                    self.io_dropped += 1;
+                }
+            }
+            LinkTransmit::OpenTls { conn, addr, relay } => {
+                self.tls = Some(TlsConn::open(conn, addr, relay, self.tls_tx.clone()));
+            }
+            LinkTransmit::Tls { conn, bytes } => {
+                let sent = self
+                    .tls
+                    .as_ref()
+                    .filter(|t| t.conn == conn)
+                    .is_some_and(|t| t.send(bytes));
+                if !sent {
+                    self.io_dropped += 1;
+                }
+            }
+            LinkTransmit::CloseTls { conn } => {
+                if self.tls.as_ref().is_some_and(|t| t.conn == conn) {
+                    self.tls = None;
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, e: LinkEvent) {
+        match e {
+            LinkEvent::Received { from, packet } => self.mesh.deliver_relayed(from, packet),
+            LinkEvent::Connected { transport } => {
+                info!(tier = %transport.tier(), "relay link connected");
+            }
+            LinkEvent::Disconnected { transport, reason } => {
+                info!(tier = %transport.tier(), ?reason, "relay link lost; reconnecting");
+            }
+            LinkEvent::PeerGone(node) => debug!(peer = %node.short(), "relay: peer not connected"),
+            LinkEvent::Mail { from, sealed } => {
+                if self.mail.try_send(Mail { from, sealed }).is_err() {
+                    debug!("relay mail dropped: nobody reads it");
+                }
+            }
+        }
+    }
+}
