@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use super::state::{LinkEvent, LinkTransmit, RelayLinkState};
+use super::events::{LinkEvent, LinkTransmit};
+use super::state::RelayLinkState;
 use super::tls::{TlsConn, TlsInput};
 use super::{RelayLinkConfig, RelayLinkStatus};
 use crate::net::mesh_socket::{MeshHandle, RelayLink};

@@ -26,6 +26,7 @@
 //! and handed out by [`RelayLinkHandle::take_mail`].
 
 mod driver;
+mod events;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -37,9 +38,8 @@ use std::time::Duration;
 use agentmesh_proto::NodeId;
 
 pub use driver::{relay_link, Mail, RelayLinkDriver, RelayLinkHandle, RelayLinkSender};
-pub use state::{
-    DisconnectReason, LinkCounters, LinkEvent, LinkTransmit, RelayLinkState, TlsConnId,
-};
+pub use events::{DisconnectReason, LinkCounters, LinkEvent, LinkTransmit, TlsConnId};
+pub use state::RelayLinkState;
 
 use super::peer_path::Tier;
 

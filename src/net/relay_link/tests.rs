@@ -9,7 +9,8 @@ use agentmesh_proto::relay::{self as wire, ClientMsg};
 use agentmesh_proto::SecretKey;
 use agentmesh_relay::{ConnId, Limits, MemStore, Relay, StreamPoll};
 
-use super::state::{DisconnectReason, LinkEvent, LinkTransmit, RelayLinkState, TlsConnId};
+use super::events::{DisconnectReason, LinkEvent, LinkTransmit, TlsConnId};
+use super::state::RelayLinkState;
 use super::tls::frame_len;
 use super::{RelayLinkConfig, RelayTransport};
 
@@ -299,7 +300,8 @@ fn udp_going_silent_moves_the_link_to_tls() {
     w.run_until(secs(1.0));
     w.nodes[0].udp_ok = false;
     w.run_until(secs(40.0));
-    // Ping at 15 s missed at 20 s, again at 20 s missed at 25 s: dead, TLS at once.
+    // Ping at 15 s missed at 20 s, again at 20 s missed at 25 s: dead. A new UDP hello
+    // at once (the relay may only have forgotten us), TLS 2 s later.
     let ev = w.events(0);
     assert!(
         ev.contains(&(
@@ -311,13 +313,35 @@ fn udp_going_silent_moves_the_link_to_tls() {
         )),
         "{ev:?}"
     );
+    let hellos = w.hellos(0);
+    assert_eq!(
+        hellos[1..],
+        [secs(25.0), secs(25.5), secs(26.0), secs(26.5)]
+    );
     assert_eq!(
         w.connects(0),
         vec![
             (secs(0.0), RelayTransport::Udp),
-            (secs(25.0), RelayTransport::Tls)
+            (secs(27.0), RelayTransport::Tls)
         ]
     );
+}
+
+#[test]
+fn a_relay_that_forgot_us_is_rejoined_over_udp() {
+    let mut w = World::new(vec![config(true)]);
+    w.run_until(secs(1.0));
+    w.relay = relay_core(w.now); // crashed and restarted: no Restarting was sent
+    w.run_until(secs(30.0));
+    assert_eq!(
+        w.connects(0),
+        vec![
+            (secs(0.0), RelayTransport::Udp),
+            (secs(25.0), RelayTransport::Udp)
+        ],
+        "pings went unanswered, the new hello was answered"
+    );
+    assert!(w.nodes[0].tls_opened.is_empty());
 }
 
 #[test]

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use super::state::TlsConnId;
+use super::events::TlsConnId;
 
 /// Frames queued for the writer; beyond it frames are dropped (QUIC retransmits).
 const WRITE_QUEUE: usize = 1024;
