@@ -7,6 +7,7 @@
 pub mod demux;
 pub mod mesh_socket;
 pub mod peer_path;
+pub mod portmap;
 pub mod probe;
 pub mod punch;
 pub mod relay_link;
