@@ -100,8 +100,13 @@ pub enum Op {
         /// The subscription.
         subscription_id: String,
     },
-    /// Node id, agents, tasks, peers.
-    Status {},
+    /// Node id, agents, tasks, peers, the network's view.
+    Status {
+        /// Also push `{"event": "path", …}` to this connection whenever a path to a
+        /// peer changes.
+        #[serde(default)]
+        watch: bool,
+    },
 }
 
 /// Arguments of `request`.
@@ -249,6 +254,10 @@ mod tests {
             parse_line(br#"{"op":"stream","id":1,"task_id":"t","chunk":"c","final":true}"#)
                 .unwrap();
         assert!(matches!(op, Op::Stream { is_final: true, .. }));
+        let (_, op) = parse_line(br#"{"op":"status","id":1,"watch":true}"#).unwrap();
+        assert!(matches!(op, Op::Status { watch: true }));
+        let (_, op) = parse_line(br#"{"op":"status","id":1}"#).unwrap();
+        assert!(matches!(op, Op::Status { watch: false }));
     }
 
     #[test]

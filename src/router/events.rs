@@ -1,13 +1,21 @@
-//! Router operations on events: `emit`, `subscribe`, `unsubscribe`.
+//! Router operations on events: `emit` (to local subscriptions, and in mesh mode one
+//! event envelope per other daemon with a matching subscriber), events arriving from
+//! other daemons, `subscribe`, `unsubscribe`.
 
-use agentmesh_proto::{AgentId, ErrorCode, ErrorObject, Json, Subject, SubjectPattern};
-use serde_json::{json, Value};
+use agentmesh_proto::peer::{EventPayload, OnewayFrame};
+use agentmesh_proto::{
+    AgentId, Envelope, ErrorCode, ErrorObject, Json, NodeId, PrimitiveType, Subject, SubjectPattern,
+};
+use serde_json::{json, Map, Value};
+use tracing::debug;
 
-use super::{ConnId, Router, Subscription};
+use super::envelopes;
+use super::{ConnId, Now, PeerMsg, Router, Subscription};
 
 impl Router {
     pub(super) fn emit(
         &mut self,
+        now: Now,
         conn: ConnId,
         from: AgentId,
         topic: &str,
@@ -17,22 +25,61 @@ impl Router {
         let subject: Subject = topic.parse().map_err(|e| {
             ErrorObject::new(ErrorCode::InputInvalid, format!("topic '{topic}': {e}"))
         })?;
+        let delivered = self.deliver_locally(&subject, &data, from, None);
+        let mut reply = Map::new();
+        reply.insert("delivered".into(), json!(delivered));
+        if self.config.mesh {
+            let nodes = self.remote_nodes_for(&subject);
+            reply.insert("remote_nodes".into(), json!(nodes.len()));
+            if !nodes.is_empty() {
+                let e = envelopes::event(now, from, subject, data);
+                for node in nodes {
+                    self.peer(node, PeerMsg::Event(OnewayFrame::Event(e.clone())));
+                }
+            }
+        }
+        Ok(Some(Value::Object(reply)))
+    }
+
+    /// Pushes an event to the local subscriptions matching `subject`; returns how many.
+    fn deliver_locally(
+        &mut self,
+        subject: &Subject,
+        data: &Json,
+        from: AgentId,
+        from_node: Option<NodeId>,
+    ) -> usize {
         let deliveries: Vec<(ConnId, Value)> = self
             .subs
-            .matching(&subject)
+            .matching(subject)
             .map(|(id, s)| {
-                (
-                    s.conn,
-                    json!({"event": "event", "subscription_id": id, "topic": subject,
-                           "data": data, "from": from}),
-                )
+                let mut msg = json!({"event": "event", "subscription_id": id,
+                                     "topic": subject, "data": data, "from": from});
+                if let Some(node) = from_node {
+                    msg["from_node"] = json!(node);
+                }
+                (s.conn, msg)
             })
             .collect();
         let delivered = deliveries.len();
         for (c, msg) in deliveries {
             self.send(c, msg);
         }
-        Ok(Some(json!({ "delivered": delivered })))
+        delivered
+    }
+
+    /// An event published on daemon `from`: to local subscribers only, once per
+    /// envelope id.
+    pub(super) fn peer_event(&mut self, from: NodeId, e: Envelope) {
+        if from == self.node_id || !self.mesh.events_seen.first_time(&e.id) {
+            return;
+        }
+        match envelopes::payload::<EventPayload>(&e, PrimitiveType::Emit) {
+            Ok(p) => {
+                self.deliver_locally(&p.topic, &p.data, e.from, Some(from));
+            }
+            Err(err) => debug!(error = %err.message, "bad event dropped"),
+        }
     }
 
     pub(super) fn subscribe(
@@ -65,6 +112,7 @@ impl Router {
             .or_default()
             .subscriptions
             .insert(id.clone());
+        self.sync_patterns();
         Ok(Some(json!({ "subscription_id": id })))
     }
 
@@ -79,6 +127,7 @@ impl Router {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.subscriptions.shift_remove(subscription_id);
                 }
+                self.sync_patterns();
                 Ok(Some(json!({ "subscription_id": subscription_id })))
             }
             Some(_) => Err(ErrorObject::new(

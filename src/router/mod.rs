@@ -5,13 +5,26 @@
 //! messages addressed to connections) and tells when it next wants
 //! [`Router::handle_timeout`] ([`Router::poll_timeout`]). It never touches a socket
 //! or a clock, so tests drive it directly.
+//!
+//! With [`RouterConfig::mesh`] it also routes across hosts, still without IO: it emits
+//! [`Output::Peer`] messages for other daemons' routers, [`Output::Lookup`] questions
+//! and [`Output::Announce`] news for the rendezvous, and the network driver feeds back
+//! [`Router::handle_peer`], [`Router::lookup_done`], [`Router::peer_unreachable`],
+//! [`Router::set_remote_subscriptions`], [`Router::set_net_status`] and
+//! [`Router::path_changed`].
 
 mod agents;
+mod directory;
+mod envelopes;
 mod events;
 mod keys;
+mod lookups;
+mod mesh;
+mod peer_in;
 mod registry_ops;
 mod remote;
 mod subscriptions;
+mod task_end;
 mod task_ops;
 mod tasks;
 
@@ -26,7 +39,7 @@ pub use agents::{AgentTable, LocalAgent};
 pub use keys::{FileKeyStore, KeyStore, KeyStoreError, MemoryKeyStore};
 pub use remote::{Announce, Lookup, PeerMsg};
 pub use subscriptions::{Subscription, Subscriptions};
-pub use tasks::{Task, TaskTable};
+pub use tasks::{Endpoint, Task, TaskTable};
 
 use crate::api::ops::Op;
 
@@ -55,6 +68,9 @@ impl Now {
 }
 
 /// Something the driver must do.
+// `Lookup` (a whole `DiscoverQuery`) is the largest variant; boxing it would change the
+// network driver's matching for ~30 bytes per output, and lookups are rare next to sends.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Write one JSON line to a connection.
@@ -90,6 +106,12 @@ pub struct RouterConfig {
     pub max_agents_per_conn: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions_per_conn: usize,
+    /// Route across hosts (peers and the rendezvous); `false` keeps every agent,
+    /// task and event on this host.
+    pub mesh: bool,
+    /// How long a rendezvous lookup may take before the waiting operation fails with
+    /// `DEPENDENCY_FAILED`.
+    pub lookup_timeout: Duration,
 }
 
 impl Default for RouterConfig {
@@ -100,6 +122,8 @@ impl Default for RouterConfig {
             max_pending_per_conn: 10_000,
             max_agents_per_conn: 256,
             max_subscriptions_per_conn: 1024,
+            mesh: false,
+            lookup_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -110,6 +134,8 @@ struct ConnState {
     agents: IndexSet<AgentId>,
     subscriptions: IndexSet<String>,
     pending_requests: usize,
+    /// Asked `status` with `watch`: receives `path` events.
+    watch_paths: bool,
 }
 
 /// The routing core.
@@ -122,6 +148,7 @@ pub struct Router {
     tasks: TaskTable,
     subs: Subscriptions,
     conns: HashMap<ConnId, ConnState>,
+    mesh: mesh::MeshState,
     out: Vec<Output>,
 }
 
@@ -136,6 +163,7 @@ impl Router {
             tasks: TaskTable::default(),
             subs: Subscriptions::default(),
             conns: HashMap::new(),
+            mesh: mesh::MeshState::default(),
             out: Vec::new(),
         }
     }
@@ -154,20 +182,20 @@ impl Router {
                 self.register(now, conn, manifest, key_name.as_deref())
             }
             Op::Deregister { agent_id } => self.deregister(now, conn, agent_id),
-            Op::Discover { query } => self.discover(&query),
+            Op::Discover { query } => self.discover(now, conn, &id, query),
             Op::Request(args) => self.request(now, conn, id.clone(), args),
-            Op::Respond(args) => self.respond(conn, args),
+            Op::Respond(args) => self.respond(now, conn, args),
             Op::Stream {
                 task_id,
                 chunk,
                 is_final,
-            } => self.stream(conn, &task_id, chunk, is_final),
-            Op::Continue { task_id, input } => self.continue_task(conn, &task_id, input),
-            Op::Cancel { task_id } => self.cancel(conn, &task_id),
-            Op::Emit { from, topic, data } => self.emit(conn, from, &topic, data),
+            } => self.stream(now, conn, &task_id, chunk, is_final),
+            Op::Continue { task_id, input } => self.continue_task(now, conn, &task_id, input),
+            Op::Cancel { task_id } => self.cancel(now, conn, &task_id),
+            Op::Emit { from, topic, data } => self.emit(now, conn, from, &topic, data),
             Op::Subscribe { agent_id, pattern } => self.subscribe(conn, agent_id, &pattern),
             Op::Unsubscribe { subscription_id } => self.unsubscribe(conn, &subscription_id),
-            Op::Status {} => Ok(self.status()),
+            Op::Status { watch } => Ok(self.status(conn, watch)),
         };
         match result {
             Ok(Some(ok)) => self.reply_ok(conn, id, ok),
@@ -193,21 +221,31 @@ impl Router {
             for sub in state.subscriptions {
                 self.subs.remove(&sub);
             }
+            self.sync_patterns();
         }
-        self.cancel_requests_of(conn);
+        self.mesh.lookups.drop_conn(conn);
+        self.cancel_requests_of(now, conn);
         std::mem::take(&mut self.out)
     }
 
     /// When [`Router::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.tasks.next_deadline()
+        match (
+            self.tasks.next_deadline(),
+            self.mesh.lookups.next_deadline(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Expires requests whose deadline has passed (`TRANSPORT_TIMEOUT`).
+    /// Expires requests whose deadline has passed (`TRANSPORT_TIMEOUT`) and lookups
+    /// the rendezvous did not answer in time.
     pub fn handle_timeout(&mut self, now: Now) -> Vec<Output> {
         for task_id in self.tasks.expired(now.mono) {
-            self.time_out(&task_id);
+            self.time_out(now, &task_id);
         }
+        self.expire_lookups(now);
         std::mem::take(&mut self.out)
     }
 
@@ -270,3 +308,5 @@ fn uuid_v7(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_mesh;

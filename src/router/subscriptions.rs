@@ -56,6 +56,11 @@ impl Subscriptions {
         self.subs.iter().filter(|(_, s)| s.pattern.matches(subject))
     }
 
+    /// Every subscription, in creation order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Subscription)> {
+        self.subs.iter()
+    }
+
     /// Number of subscriptions.
     pub fn len(&self) -> usize {
         self.subs.len()

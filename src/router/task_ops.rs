@@ -1,12 +1,15 @@
-//! Router operations on tasks: `request`, `respond`, `stream`, `continue`, `cancel`,
-//! deadlines, and the daemon's own endings (responder gone, requester gone).
+//! Router operations on tasks from the local API: `request` (to a local agent, or via
+//! [`super::lookups`] to a remote one), `respond`, `stream`, `continue`, `cancel`.
+//! Each side of a task may be local or on another daemon; [`super::task_end`] carries
+//! the news to it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use agentmesh_proto::{ErrorCode, ErrorObject, Json, TaskState};
+use agentmesh_proto::{AgentId, ErrorCode, ErrorObject, Json, NodeId, TaskState};
 use serde_json::{json, Map, Value};
 
-use super::tasks::{Lookup, Task};
+use super::task_end::{Ending, Sides};
+use super::tasks::{Endpoint, Lookup, Task};
 use super::{uuid_v7, ConnId, Now, Router};
 use crate::api::ops::{RequestArgs, RespondArgs};
 
@@ -18,22 +21,46 @@ enum Side {
     Either,
 }
 
-/// How a task ends.
-struct Ending {
-    state: TaskState,
-    output: Option<Json>,
-    message: Option<String>,
-    error: Option<ErrorObject>,
+/// A local `request` on its way to becoming a task.
+#[derive(Debug, Clone)]
+pub(super) struct RequestJob {
+    pub(super) conn: ConnId,
+    pub(super) request_id: Value,
+    pub(super) args: RequestArgs,
+    /// When the requester gives up (counted from the `request` line).
+    pub(super) deadline: Instant,
 }
 
-impl Ending {
-    fn with_error(state: TaskState, error: ErrorObject) -> Self {
-        Ending {
-            state,
-            output: None,
-            message: None,
-            error: Some(error),
+/// What the responder's connection is told about a new task.
+pub(super) struct RequestPush<'a> {
+    pub(super) task_id: &'a str,
+    pub(super) from: AgentId,
+    pub(super) to: AgentId,
+    pub(super) skill: &'a str,
+    pub(super) input: &'a Json,
+    pub(super) stream: bool,
+    pub(super) context_id: Option<&'a str>,
+    /// The requester's daemon, when it is not this one.
+    pub(super) from_node: Option<NodeId>,
+}
+
+impl RequestPush<'_> {
+    pub(super) fn to_json(&self) -> Value {
+        let mut push = Map::new();
+        push.insert("event".into(), json!("request"));
+        push.insert("task_id".into(), json!(self.task_id));
+        push.insert("from".into(), json!(self.from));
+        push.insert("to".into(), json!(self.to));
+        push.insert("skill".into(), json!(self.skill));
+        push.insert("input".into(), json!(self.input));
+        push.insert("stream".into(), json!(self.stream));
+        if let Some(ctx) = self.context_id {
+            push.insert("context_id".into(), json!(ctx));
         }
+        if let Some(node) = self.from_node {
+            push.insert("from_node".into(), json!(node));
+        }
+        Value::Object(push)
     }
 }
 
@@ -57,19 +84,38 @@ impl Router {
             ));
         }
         let timeout = self.timeout_of(args.timeout_ms)?;
-        let responder = match (args.to, args.capability.as_deref()) {
-            (Some(to), None) => {
-                self.agents.check_target(&to, &args.skill)?;
-                to
-            }
-            (None, Some(cap)) => self.agents.pick(cap, &args.skill)?,
-            _ => {
-                return Err(ErrorObject::new(
-                    ErrorCode::InputInvalid,
-                    "request needs exactly one of 'to' (an agent id) or 'capability'",
-                ))
-            }
+        let (to, capability) = (args.to, args.capability.clone());
+        let job = RequestJob {
+            conn,
+            request_id,
+            deadline: now.mono + timeout,
+            args,
         };
+        match (to, capability) {
+            (Some(to), None) if self.agents.get(&to).is_some() || !self.config.mesh => {
+                self.agents.check_target(&to, &job.args.skill)?;
+                self.start_local(now, job, to)
+            }
+            (Some(to), None) => self.request_remote_agent(now, job, to),
+            (None, Some(cap)) => match self.agents.pick(&cap, &job.args.skill) {
+                Ok(id) => self.start_local(now, job, id),
+                Err(e) if self.config.mesh => self.request_remote_capability(now, job, &cap, e),
+                Err(e) => Err(e),
+            },
+            _ => Err(ErrorObject::new(
+                ErrorCode::InputInvalid,
+                "request needs exactly one of 'to' (an agent id) or 'capability'",
+            )),
+        }
+    }
+
+    /// Starts a task whose responder is a local agent.
+    pub(super) fn start_local(
+        &mut self,
+        now: Now,
+        job: RequestJob,
+        responder: AgentId,
+    ) -> Result<Option<Value>, ErrorObject> {
         let responder_conn = match self.agents.get_mut(&responder) {
             Some(agent) => {
                 agent.active_tasks += 1;
@@ -78,29 +124,43 @@ impl Router {
             None => return Err(ErrorObject::new(ErrorCode::AgentUnavailable, "agent gone")),
         };
         let task_id = uuid_v7(now.wall);
-        let mut push = Map::new();
-        push.insert("event".into(), json!("request"));
-        push.insert("task_id".into(), json!(task_id));
-        push.insert("from".into(), json!(args.from));
-        push.insert("to".into(), json!(responder));
-        push.insert("skill".into(), json!(args.skill));
-        push.insert("input".into(), json!(args.input));
-        push.insert("stream".into(), json!(args.stream));
-        if let Some(ctx) = &args.context_id {
-            push.insert("context_id".into(), json!(ctx));
+        let push = RequestPush {
+            task_id: &task_id,
+            from: job.args.from,
+            to: responder,
+            skill: &job.args.skill,
+            input: &job.args.input,
+            stream: job.args.stream,
+            context_id: job.args.context_id.as_deref(),
+            from_node: None,
         }
+        .to_json();
+        self.track_request(&task_id, job, responder, Endpoint::Local(responder_conn));
+        self.send(responder_conn, push);
+        Ok(None)
+    }
+
+    /// Records a task this connection requested and tells it the task id.
+    pub(super) fn track_request(
+        &mut self,
+        task_id: &str,
+        job: RequestJob,
+        responder: AgentId,
+        responder_end: Endpoint,
+    ) {
+        let conn = job.conn;
         self.tasks.insert(Task {
-            id: task_id.clone(),
-            requester: args.from,
-            requester_conn: conn,
-            request_id: request_id.clone(),
+            id: task_id.to_string(),
+            requester: job.args.from,
+            requester_end: Endpoint::Local(conn),
+            request_id: job.request_id.clone(),
             responder,
-            responder_conn,
-            skill: args.skill,
+            responder_end,
+            skill: job.args.skill,
             state: TaskState::Submitted,
-            deadline: now.mono + timeout,
+            deadline: job.deadline,
             next_seq: 0,
-            context_id: args.context_id,
+            context_id: job.args.context_id,
         });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.pending_requests += 1;
@@ -108,13 +168,11 @@ impl Router {
         self.send(
             conn,
             json!({"event": "task_update", "task_id": task_id, "state": "submitted",
-                   "request_id": request_id, "to": responder}),
+                   "request_id": job.request_id, "to": responder}),
         );
-        self.send(responder_conn, Value::Object(push));
-        Ok(None)
     }
 
-    fn timeout_of(&self, timeout_ms: Option<u64>) -> Result<Duration, ErrorObject> {
+    pub(super) fn timeout_of(&self, timeout_ms: Option<u64>) -> Result<Duration, ErrorObject> {
         let t = timeout_ms.map_or(self.config.default_timeout, Duration::from_millis);
         if t.is_zero() || t > self.config.max_timeout {
             return Err(ErrorObject::new(
@@ -130,6 +188,7 @@ impl Router {
 
     pub(super) fn respond(
         &mut self,
+        now: Now,
         conn: ConnId,
         args: RespondArgs,
     ) -> Result<Option<Value>, ErrorObject> {
@@ -142,9 +201,8 @@ impl Router {
         {
             // An agent may answer at once; the task passes through `working` on the way.
             task.state = TaskState::Working;
-            let update = json!({"event": "task_update", "task_id": task.id, "state": "working"});
-            let requester_conn = task.requester_conn;
-            self.send(requester_conn, update);
+            let s = Sides::of(task);
+            self.tell_requester_state(now, &s, TaskState::Working, None, None);
         }
         let task = self.live_task(conn, &args.task_id, Side::Responder, target)?;
         task.state
@@ -160,45 +218,34 @@ impl Router {
                         .unwrap_or_else(|| "the agent reported failure".into()),
                 ));
             }
-            self.finish(
-                &args.task_id,
-                Ending {
-                    state: target,
-                    output: args.output,
-                    message: args.message,
-                    error,
-                },
-            );
+            let end = Ending {
+                state: target,
+                output: args.output,
+                message: args.message,
+                error,
+                quiet: false,
+            };
+            self.finish(now, &args.task_id, end);
         } else {
             task.state = target;
-            let mut update = Map::new();
-            update.insert("event".into(), json!("task_update"));
-            update.insert("task_id".into(), json!(task.id));
-            update.insert("state".into(), json!(target));
-            if let Some(m) = &args.message {
-                update.insert("message".into(), json!(m));
-            }
-            if let Some(o) = &args.output {
-                update.insert("output".into(), json!(o));
-            }
-            let requester_conn = task.requester_conn;
-            self.send(requester_conn, Value::Object(update));
+            let s = Sides::of(task);
+            self.tell_requester_state(now, &s, target, args.message, args.output);
         }
         Ok(Some(json!({"task_id": args.task_id, "state": target})))
     }
 
     pub(super) fn stream(
         &mut self,
+        now: Now,
         conn: ConnId,
         task_id: &str,
         chunk: Json,
         is_final: bool,
     ) -> Result<Option<Value>, ErrorObject> {
         let task = self.live_task(conn, task_id, Side::Responder, TaskState::Working)?;
-        let mut pushes = Vec::new();
-        if task.state == TaskState::Submitted {
+        let started = task.state == TaskState::Submitted;
+        if started {
             task.state = TaskState::Working;
-            pushes.push(json!({"event": "task_update", "task_id": task_id, "state": "working"}));
         }
         if task.state != TaskState::Working {
             return Err(ErrorObject::new(
@@ -211,17 +258,17 @@ impl Router {
         }
         let seq = task.next_seq;
         task.next_seq += 1;
-        pushes.push(json!({"event": "stream", "task_id": task_id, "seq": seq,
-                           "chunk": chunk, "final": is_final}));
-        let requester_conn = task.requester_conn;
-        for p in pushes {
-            self.send(requester_conn, p);
+        let s = Sides::of(task);
+        if started {
+            self.tell_requester_state(now, &s, TaskState::Working, None, None);
         }
+        self.tell_requester_chunk(&s, seq, chunk, is_final);
         Ok(Some(json!({"task_id": task_id, "seq": seq})))
     }
 
     pub(super) fn continue_task(
         &mut self,
+        now: Now,
         conn: ConnId,
         task_id: &str,
         input: Json,
@@ -240,13 +287,10 @@ impl Router {
             ));
         }
         task.state = TaskState::Working;
-        let (responder_conn, requester_conn) = (task.responder_conn, task.requester_conn);
+        let s = Sides::of(task);
+        self.tell_responder_continue(now, &s, input);
         self.send(
-            responder_conn,
-            json!({"event": "continue", "task_id": task_id, "input": input}),
-        );
-        self.send(
-            requester_conn,
+            conn,
             json!({"event": "task_update", "task_id": task_id, "state": "working"}),
         );
         Ok(Some(json!({"task_id": task_id, "state": "working"})))
@@ -254,113 +298,24 @@ impl Router {
 
     pub(super) fn cancel(
         &mut self,
+        now: Now,
         conn: ConnId,
         task_id: &str,
     ) -> Result<Option<Value>, ErrorObject> {
         let task = self.live_task(conn, task_id, Side::Either, TaskState::Canceled)?;
-        let by_requester = task.requester_conn == conn;
-        let responder_conn = task.responder_conn;
+        let s = Sides::of(task);
+        let by_requester = s.requester_end == Endpoint::Local(conn);
         if by_requester {
-            self.send(
-                responder_conn,
-                json!({"event": "cancel", "task_id": task_id, "reason": "canceled by the requester"}),
-            );
+            self.tell_responder_cancel(&s, "canceled by the requester");
         }
         let who = if by_requester {
             "requester"
         } else {
             "responder"
         };
-        self.finish(
-            task_id,
-            Ending {
-                state: TaskState::Canceled,
-                output: None,
-                message: Some(format!("canceled by the {who}")),
-                error: None,
-            },
-        );
+        let end = Ending::with_message(TaskState::Canceled, format!("canceled by the {who}"));
+        self.finish(now, task_id, end);
         Ok(Some(json!({"task_id": task_id, "state": "canceled"})))
-    }
-
-    /// A request's deadline passed: the task is canceled with `TRANSPORT_TIMEOUT`.
-    pub(super) fn time_out(&mut self, task_id: &str) {
-        let Lookup::Live(task) = self.tasks.lookup(task_id) else {
-            return;
-        };
-        let responder_conn = task.responder_conn;
-        self.send(
-            responder_conn,
-            json!({"event": "cancel", "task_id": task_id, "reason": "the request timed out"}),
-        );
-        let err = ErrorObject::new(
-            ErrorCode::TransportTimeout,
-            "no final response before the request's timeout",
-        );
-        self.finish(task_id, Ending::with_error(TaskState::Canceled, err));
-    }
-
-    /// The daemon fails a task on its own (its responder is gone).
-    pub(super) fn abort_failed(&mut self, task_id: &str, error: ErrorObject) {
-        if let Lookup::Live(task) = self.tasks.lookup(task_id) {
-            if task.state.can_abort_to_failed() {
-                self.finish(task_id, Ending::with_error(TaskState::Failed, error));
-            }
-        }
-    }
-
-    /// The requester is gone: tell the responder and end the task.
-    pub(super) fn cancel_by_daemon(&mut self, task_id: &str, why: &str) {
-        let Lookup::Live(task) = self.tasks.lookup(task_id) else {
-            return;
-        };
-        let responder_conn = task.responder_conn;
-        self.send(
-            responder_conn,
-            json!({"event": "cancel", "task_id": task_id, "reason": why}),
-        );
-        self.finish(
-            task_id,
-            Ending {
-                state: TaskState::Canceled,
-                output: None,
-                message: Some(why.to_string()),
-                error: None,
-            },
-        );
-    }
-
-    /// Cancels every request a connection is still waiting on.
-    pub(super) fn cancel_requests_of(&mut self, conn: ConnId) {
-        for task_id in self.tasks.ids_where(|t| t.requester_conn == conn) {
-            self.cancel_by_daemon(&task_id, "the requesting connection closed");
-        }
-    }
-
-    /// Ends a task and sends the requester its final reply.
-    fn finish(&mut self, task_id: &str, end: Ending) {
-        let Some(task) = self.tasks.finish(task_id, end.state) else {
-            return;
-        };
-        if let Some(agent) = self.agents.get_mut(&task.responder) {
-            agent.active_tasks = agent.active_tasks.saturating_sub(1);
-        }
-        if let Some(c) = self.conns.get_mut(&task.requester_conn) {
-            c.pending_requests = c.pending_requests.saturating_sub(1);
-        }
-        let mut ok = Map::new();
-        ok.insert("task_id".into(), json!(task.id));
-        ok.insert("state".into(), json!(end.state));
-        if let Some(o) = end.output {
-            ok.insert("output".into(), json!(o));
-        }
-        if let Some(m) = end.message {
-            ok.insert("message".into(), json!(m));
-        }
-        if let Some(e) = end.error {
-            ok.insert("error".into(), json!(e));
-        }
-        self.reply_ok(task.requester_conn, task.request_id, Value::Object(ok));
     }
 
     /// The live task `task_id`, checking that `conn` is on the allowed side.
@@ -371,12 +326,13 @@ impl Router {
         side: Side,
         wanted: TaskState,
     ) -> Result<&mut Task, ErrorObject> {
+        let me = Endpoint::Local(conn);
         match self.tasks.lookup(task_id) {
             Lookup::Live(task) => {
                 let allowed = match side {
-                    Side::Requester => task.requester_conn == conn,
-                    Side::Responder => task.responder_conn == conn,
-                    Side::Either => task.requester_conn == conn || task.responder_conn == conn,
+                    Side::Requester => task.requester_end == me,
+                    Side::Responder => task.responder_end == me,
+                    Side::Either => task.requester_end == me || task.responder_end == me,
                 };
                 if allowed {
                     Ok(task)

@@ -1,17 +1,49 @@
-//! The tasks this daemon routes: who asked, who answers, the state, the deadline; and a
-//! bounded memory of recently finished tasks so a late `respond` gets
-//! `TASK_INVALID_TRANSITION` rather than `TASK_NOT_FOUND`.
+//! The tasks this daemon routes: who asked, who answers (each side a local connection
+//! or another daemon), the state, the deadline; and a bounded memory of recently
+//! finished tasks so a late `respond` gets `TASK_INVALID_TRANSITION` rather than
+//! `TASK_NOT_FOUND`.
+//!
+//! A task that crosses hosts lives in both daemons' tables under the same id (the
+//! requester's daemon makes it): there the requester is `Local` and the responder
+//! `Remote`, on the other daemon the other way round.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
-use agentmesh_proto::{AgentId, TaskState};
+use agentmesh_proto::{AgentId, NodeId, TaskState};
 use serde_json::Value;
 
 use super::ConnId;
 
 /// How many finished tasks are remembered.
 const FINISHED_MEMORY: usize = 10_000;
+
+/// Where one side of a task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A local-API connection of this daemon.
+    Local(ConnId),
+    /// Another daemon (its router holds the other side).
+    Remote(NodeId),
+}
+
+impl Endpoint {
+    /// The connection, when the side is local.
+    pub fn conn(self) -> Option<ConnId> {
+        match self {
+            Endpoint::Local(c) => Some(c),
+            Endpoint::Remote(_) => None,
+        }
+    }
+
+    /// The daemon, when the side is remote.
+    pub fn node(self) -> Option<NodeId> {
+        match self {
+            Endpoint::Local(_) => None,
+            Endpoint::Remote(n) => Some(n),
+        }
+    }
+}
 
 /// One task in flight.
 #[derive(Debug, Clone)]
@@ -20,14 +52,16 @@ pub struct Task {
     pub id: String,
     /// Requesting agent.
     pub requester: AgentId,
-    /// Connection that sent the request and waits for the reply.
-    pub requester_conn: ConnId,
-    /// The `id` of the `request` line, echoed in the final reply.
+    /// Where the requester is: the connection that sent the request and waits for the
+    /// reply, or the daemon that opened the task.
+    pub requester_end: Endpoint,
+    /// The `id` of the `request` line, echoed in the final reply (null when the
+    /// requester is remote).
     pub request_id: Value,
     /// Responding agent.
     pub responder: AgentId,
-    /// Connection that owns the responder.
-    pub responder_conn: ConnId,
+    /// Where the responder is: the connection that registered it, or its daemon.
+    pub responder_end: Endpoint,
     /// Skill asked for.
     pub skill: String,
     /// Current state.
@@ -118,6 +152,20 @@ impl TaskTable {
         ids
     }
 
+    /// Number of live tasks whose responder is each agent (load of remote agents).
+    pub fn load_by_responder(&self) -> HashMap<AgentId, usize> {
+        let mut load = HashMap::new();
+        for t in self.live.values() {
+            *load.entry(t.responder).or_insert(0) += 1;
+        }
+        load
+    }
+
+    /// Whether a task with this id is live or remembered as finished.
+    pub fn known(&self, id: &str) -> bool {
+        self.live.contains_key(id) || self.finished.contains_key(id)
+    }
+
     /// Number of tasks in flight.
     pub fn live_count(&self) -> usize {
         self.live.len()
@@ -135,10 +183,10 @@ mod tests {
         Task {
             id: id.into(),
             requester: a,
-            requester_conn: ConnId(1),
+            requester_end: Endpoint::Local(ConnId(1)),
             request_id: Value::from(1),
             responder: a,
-            responder_conn: ConnId(2),
+            responder_end: Endpoint::Local(ConnId(2)),
             skill: "s".into(),
             state: TaskState::Submitted,
             deadline,

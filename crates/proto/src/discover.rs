@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::id::AgentId;
 use crate::manifest::{Availability, Manifest};
 
 /// Default number of results when a query gives no `limit`.
@@ -56,6 +57,9 @@ pub struct DiscoverQuery {
     /// Most results to return (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Exactly this agent (a daemon looking up where an agent id lives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<AgentId>,
 }
 
 crate::json_in_binary!(DiscoverQuery);
@@ -109,9 +113,11 @@ impl DiscoverQuery {
 
     /// Whether `m` satisfies every filter of this query.
     pub fn matches(&self, m: &Manifest) -> bool {
-        self.capabilities
-            .iter()
-            .all(|c| m.capabilities.iter().any(|have| have == c))
+        self.agent_id.is_none_or(|id| id == m.id)
+            && self
+                .capabilities
+                .iter()
+                .all(|c| m.capabilities.iter().any(|have| have == c))
             && self.availability.is_none_or(|a| a == m.availability)
             && self.skill_id.as_ref().is_none_or(|s| m.skill(s).is_some())
             && (self.tags.is_empty()
@@ -185,6 +191,9 @@ mod tests {
             q(serde_json::json!({"ip_type": "residential", "availability": "online"})).matches(&m)
         );
         assert!(!q(serde_json::json!({"availability": "busy"})).matches(&m));
+        assert!(q(serde_json::json!({"agent_id": m.id})).matches(&m));
+        let other = crate::id::SecretKey::from_bytes(&[99; 32]).agent_id();
+        assert!(!q(serde_json::json!({"agent_id": other})).matches(&m));
     }
 
     #[test]
@@ -221,8 +230,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trips(caps in prop::collection::vec("[a-z]{1,8}", 0..4), limit in proptest::option::of(1usize..1000), name in proptest::option::of("[a-z]{0,8}")) {
-            let query = DiscoverQuery { capabilities: caps, limit, name, ..DiscoverQuery::default() };
+        fn round_trips(caps in prop::collection::vec("[a-z]{1,8}", 0..4), limit in proptest::option::of(1usize..1000), name in proptest::option::of("[a-z]{0,8}"), seed in proptest::option::of(any::<u8>())) {
+            let agent_id = seed.map(|s| crate::id::SecretKey::from_bytes(&[s; 32]).agent_id());
+            let query = DiscoverQuery { capabilities: caps, limit, name, agent_id, ..DiscoverQuery::default() };
             let json = serde_json::to_string(&query).unwrap();
             prop_assert_eq!(&serde_json::from_str::<DiscoverQuery>(&json).unwrap(), &query);
             let bin = crate::frame::to_bytes(&query).unwrap();

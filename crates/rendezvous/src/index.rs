@@ -4,7 +4,8 @@
 //! Names are indexed by byte trigrams of their lower-cased form, so a name-substring
 //! query of three or more bytes only looks at names holding all of its trigrams.
 //!
-//! A query picks its most selective indexed filter (smallest posting list; for tags the
+//! A query naming an `agent_id` is a direct lookup of that one slot. Otherwise a query
+//! picks its most selective indexed filter (smallest posting list; for tags the
 //! union of their lists; for names the rarest trigram), walks those candidates and applies the full
 //! [`DiscoverQuery::matches`] rule to each, stopping at the limit. Queries with no indexed
 //! filter scan all slots.
@@ -214,6 +215,9 @@ impl Index {
 
     /// The smallest candidate set given by an indexed filter, or `None` for a full scan.
     fn candidates(&self, query: &DiscoverQuery) -> Option<Vec<u32>> {
+        if let Some(id) = &query.agent_id {
+            return Some(self.by_agent.get(id).copied().into_iter().collect());
+        }
         let empty = IndexSet::new();
         let mut best: Option<&IndexSet<u32>> = None;
         let lists = query
@@ -343,6 +347,39 @@ mod tests {
         assert_eq!(ix.query(&q(serde_json::json!({"limit": 5}))).len(), 1);
     }
 
+    #[test]
+    fn agent_id_is_a_direct_lookup() {
+        let mut ix = Index::default();
+        let a = manifest(1, &["text"], &[("ocr", &[])]);
+        let b = manifest(2, &["text"], &[("ocr", &[])]);
+        ix.upsert(node(), a.clone(), 0);
+        ix.upsert(node(), b.clone(), 0);
+        let by_id = |ix: &Index, json: serde_json::Value| -> Vec<AgentId> {
+            ix.query(&q(json)).iter().map(|e| e.manifest.id).collect()
+        };
+        assert_eq!(
+            by_id(&ix, serde_json::json!({"agent_id": b.id})),
+            vec![b.id]
+        );
+        assert_eq!(
+            by_id(
+                &ix,
+                serde_json::json!({"agent_id": a.id, "capabilities": ["text"]})
+            ),
+            vec![a.id]
+        );
+        assert!(
+            by_id(
+                &ix,
+                serde_json::json!({"agent_id": a.id, "skill_id": "nope"})
+            )
+            .is_empty(),
+            "the other filters still apply"
+        );
+        ix.remove(&a.id);
+        assert!(by_id(&ix, serde_json::json!({"agent_id": a.id})).is_empty());
+    }
+
     proptest! {
         /// The index answers exactly what a full scan with `matches` answers.
         #[test]
@@ -355,6 +392,7 @@ mod tests {
             name in proptest::option::of(prop::sample::select(vec!["AGENT", "nt 1", "3", "zzz", "t 2"])),
             busy in prop::collection::vec(0usize..40, 0..10),
             avail in proptest::option::of(prop::sample::select(vec![Availability::Online, Availability::Busy])),
+            by_id in proptest::option::of(0usize..40),
         ) {
             let mut ix = Index::default();
             let mut all = Vec::new();
@@ -384,6 +422,7 @@ mod tests {
                 name: name.map(str::to_string),
                 availability: avail,
                 limit: Some(1000),
+                agent_id: by_id.and_then(|i| all.get(i)).map(|m| m.id),
                 ..DiscoverQuery::default()
             };
             let mut got: Vec<AgentId> = ix.query(&query).iter().map(|e| e.manifest.id).collect();
