@@ -12,16 +12,14 @@ use tokio::task::JoinSet;
 
 use super::{ServerError, Shared};
 
-/// Binds `addr` and spawns the admin server; returns the bound address.
-pub(super) async fn spawn(
+/// Spawns the admin server on `listener` (bound for `addr`); returns its address.
+pub(super) fn spawn(
     tasks: &mut JoinSet<()>,
     shared: Arc<Shared>,
+    listener: TcpListener,
     addr: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) -> Result<SocketAddr, ServerError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;

@@ -3,8 +3,13 @@
 //! The core sits behind one mutex; each task locks it briefly to feed input, collects the
 //! core's events and wakes the writers they name (the UDP sender or a connection's task)
 //! after unlocking. No IO happens under the lock.
+//!
+//! [`start`] binds the configured addresses; [`start_on`] runs on [`RelaySockets`] the
+//! caller made (e.g. netsim's simulated `SimUdpSocket` through [`QuinnDatagram`], feature
+//! `quinn`). Time is tokio's clock: the system's unless the runtime's clock is paused.
 
 mod admin;
+mod socket;
 mod tls;
 mod udp;
 
@@ -22,6 +27,9 @@ use crate::config::Config;
 use crate::core::{ConnId, Event, Relay, TICK};
 use crate::metrics::Snapshot;
 use crate::store::MailStore;
+pub use socket::DatagramSocket;
+#[cfg(feature = "quinn")]
+pub use socket::QuinnDatagram;
 
 /// The store type the server runs with.
 pub type BoxStore = Box<dyn MailStore + Send>;
@@ -132,6 +140,22 @@ pub struct RelayHandle {
     tasks: JoinSet<()>,
 }
 
+/// The sockets [`start_on`] runs on; the configuration's addresses are then not bound.
+#[derive(Debug, Default)]
+pub struct RelaySockets {
+    /// The UDP socket, if any.
+    pub udp: Option<Arc<dyn DatagramSocket>>,
+    /// The TCP/TLS listener, if any.
+    pub tls: Option<tokio::net::TcpListener>,
+    /// The admin HTTP listener, if any (keep it on loopback).
+    pub admin: Option<tokio::net::TcpListener>,
+}
+
+/// Now on tokio's clock (the system clock unless paused).
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 fn unix_ms() -> u64 {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -146,17 +170,41 @@ pub async fn start(
     store: BoxStore,
     opts: StartOptions,
 ) -> Result<RelayHandle, ServerError> {
+    let udp = match cfg.udp_listen {
+        Some(addr) => Some(udp::bind(addr).await?),
+        None => None,
+    };
+    let tls = match cfg.tls_listen {
+        Some(addr) => Some(bind_tcp(addr).await?),
+        None => None,
+    };
+    let admin = match cfg.admin_listen {
+        Some(addr) => Some(bind_tcp(addr).await?),
+        None => None,
+    };
+    start_on(cfg, key, store, opts, RelaySockets { udp, tls, admin }).await
+}
+
+async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Starts serving on `sockets` instead of binding `cfg`'s addresses (`udp_listen`,
+/// `tls_listen` and `admin_listen` are ignored). Must be called inside a tokio runtime;
+/// a paused clock works.
+pub async fn start_on(
+    cfg: &Config,
+    key: SecretKey,
+    store: BoxStore,
+    opts: StartOptions,
+    sockets: RelaySockets,
+) -> Result<RelayHandle, ServerError> {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let relay_id = key.node_id();
-    let core = Relay::new(
-        relay_id,
-        cfg.limits.clone(),
-        store,
-        seed,
-        Instant::now(),
-        unix_ms(),
-    );
+    let core = Relay::new(relay_id, cfg.limits.clone(), store, seed, now(), unix_ms());
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
         writers: Mutex::new(HashMap::new()),
@@ -165,16 +213,45 @@ pub async fn start(
     });
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let udp_addr = match cfg.udp_listen {
-        Some(addr) => Some(udp::spawn(&mut tasks, shared.clone(), addr, rx.clone()).await?),
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    let udp_addr = match sockets.udp {
+        Some(sock) => {
+            let addr = cfg.udp_listen.unwrap_or(unspecified);
+            Some(udp::spawn(
+                &mut tasks,
+                shared.clone(),
+                sock,
+                addr,
+                rx.clone(),
+            )?)
+        }
         None => None,
     };
-    let tls_addr = match cfg.tls_listen {
-        Some(addr) => Some(tls::spawn(&mut tasks, shared.clone(), &key, addr, rx.clone()).await?),
+    let tls_addr = match sockets.tls {
+        Some(l) => {
+            let addr = cfg.tls_listen.unwrap_or(unspecified);
+            Some(tls::spawn(
+                &mut tasks,
+                shared.clone(),
+                &key,
+                l,
+                addr,
+                rx.clone(),
+            )?)
+        }
         None => None,
     };
-    let admin_addr = match cfg.admin_listen {
-        Some(addr) => Some(admin::spawn(&mut tasks, shared.clone(), addr, rx.clone()).await?),
+    let admin_addr = match sockets.admin {
+        Some(l) => {
+            let addr = cfg.admin_listen.unwrap_or(unspecified);
+            Some(admin::spawn(
+                &mut tasks,
+                shared.clone(),
+                l,
+                addr,
+                rx.clone(),
+            )?)
+        }
         None => None,
     };
     tasks.spawn(ticker(shared.clone(), rx));
@@ -193,7 +270,7 @@ async fn ticker(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
-            _ = tick.tick() => shared.with_core(|c| c.handle_timeout(Instant::now())),
+            _ = tick.tick() => shared.with_core(|c| c.handle_timeout(now())),
             _ = stop.changed() => return,
         }
     }
@@ -209,8 +286,8 @@ impl RelayHandle {
     /// clients to leave, then stop.
     pub async fn drain(mut self, timeout: Duration) {
         self.shared.with_core(|c| c.begin_drain());
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
+        let deadline = now() + timeout;
+        while now() < deadline {
             let done = {
                 let c = self.shared.core();
                 c.queues_empty() && c.stream_links() == 0

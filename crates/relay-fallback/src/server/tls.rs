@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agentmesh_proto::SecretKey;
 use agentmesh_tlsid::ClientAuth;
@@ -23,11 +23,12 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames taken from the core per lock.
 const BATCH: usize = 64;
 
-/// Binds `addr` and spawns the accept loop; returns the bound address.
-pub(super) async fn spawn(
+/// Spawns the accept loop on `listener` (bound for `addr`); returns its address.
+pub(super) fn spawn(
     tasks: &mut JoinSet<()>,
     shared: Arc<Shared>,
     key: &SecretKey,
+    listener: TcpListener,
     addr: SocketAddr,
     stop: watch::Receiver<bool>,
 ) -> Result<SocketAddr, ServerError> {
@@ -35,9 +36,6 @@ pub(super) async fn spawn(
     let cfg =
         agentmesh_tlsid::server_config_alpn(key, ClientAuth::None, &[agentmesh_tlsid::ALPN_RELAY])?;
     let acceptor = TlsAcceptor::from(Arc::new(cfg));
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
@@ -83,7 +81,7 @@ async fn serve(
     };
     let notify = Arc::new(Notify::new());
     shared.writers().insert(conn, notify.clone());
-    shared.with_core(|c| c.handle_stream_open(Instant::now(), conn));
+    shared.with_core(|c| c.handle_stream_open(super::now(), conn));
     let (rd, wr) = tokio::io::split(tls);
     run(&shared, conn, &notify, rd, wr, stop).await;
     shared.writers().remove(&conn);
@@ -109,7 +107,7 @@ async fn run<R, W>(
                 let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
                 let chunk = &buf[..n];
                 shared.tap(Direction::In, chunk);
-                shared.with_core(|c| c.handle_stream_bytes(Instant::now(), conn, chunk));
+                shared.with_core(|c| c.handle_stream_bytes(super::now(), conn, chunk));
             }
             _ = notify.notified() => {
                 if !write_queued(shared, conn, &mut wr).await {

@@ -1,38 +1,48 @@
-//! UDP driver: one receive task feeding the core, one send task draining it round-robin.
+//! UDP driver: one receive task feeding the core, one send task draining it round-robin,
+//! on a bound tokio socket or any [`DatagramSocket`] the caller provides.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::socket::DatagramSocket;
 use super::{Direction, ServerError, Shared};
 
 /// Datagrams taken from the core per lock.
 const BATCH: usize = 64;
 
-/// Binds `addr` and spawns the UDP tasks; returns the bound address.
-pub(super) async fn spawn(
-    tasks: &mut JoinSet<()>,
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: watch::Receiver<bool>,
-) -> Result<SocketAddr, ServerError> {
+/// Binds `addr`.
+pub(super) async fn bind(addr: SocketAddr) -> Result<Arc<dyn DatagramSocket>, ServerError> {
     let sock = UdpSocket::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok(Arc::new(sock))
+}
+
+/// Spawns the UDP tasks on `sock` (bound for `addr`); returns its address.
+pub(super) fn spawn(
+    tasks: &mut JoinSet<()>,
+    shared: Arc<Shared>,
+    sock: Arc<dyn DatagramSocket>,
+    addr: SocketAddr,
+    stop: watch::Receiver<bool>,
+) -> Result<SocketAddr, ServerError> {
     let local = sock
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
-    let sock = Arc::new(sock);
     tasks.spawn(receive(shared.clone(), sock.clone(), stop.clone()));
     tasks.spawn(send(shared, sock, stop));
     Ok(local)
 }
 
-async fn receive(shared: Arc<Shared>, sock: Arc<UdpSocket>, mut stop: watch::Receiver<bool>) {
+async fn receive(
+    shared: Arc<Shared>,
+    sock: Arc<dyn DatagramSocket>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, from) = tokio::select! {
@@ -46,19 +56,19 @@ async fn receive(shared: Arc<Shared>, sock: Arc<UdpSocket>, mut stop: watch::Rec
         shared.tap(Direction::In, &buf[..n]);
         // Take whatever else is already waiting under the same lock (no waiting here).
         shared.with_core(|c| {
-            c.handle_datagram(Instant::now(), from, &buf[..n]);
+            c.handle_datagram(super::now(), from, &buf[..n]);
             for _ in 0..BATCH {
                 let Ok((n, from)) = sock.try_recv_from(&mut buf) else {
                     break;
                 };
                 shared.tap(Direction::In, &buf[..n]);
-                c.handle_datagram(Instant::now(), from, &buf[..n]);
+                c.handle_datagram(super::now(), from, &buf[..n]);
             }
         });
     }
 }
 
-async fn send(shared: Arc<Shared>, sock: Arc<UdpSocket>, mut stop: watch::Receiver<bool>) {
+async fn send(shared: Arc<Shared>, sock: Arc<dyn DatagramSocket>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = shared.udp_notify.notified() => {}

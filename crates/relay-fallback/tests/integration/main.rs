@@ -1,4 +1,5 @@
-//! Loopback integration tests of the relay: real sockets, real TLS, real SQLite.
+//! Loopback integration tests of the relay: real sockets, real TLS, real SQLite; and one on
+//! netsim's simulated network.
 
 // Tests may unwrap (helpers here are not `#[test]` functions, so say it once).
 #![allow(clippy::unwrap_used)]
@@ -9,3 +10,4 @@ mod exchange;
 mod limits;
 mod mail;
 mod ops;
+mod simnet;

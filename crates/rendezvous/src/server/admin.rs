@@ -53,7 +53,7 @@ fn status_json(shared: &Shared) -> String {
     let (id, g) = shared.with_core(|c| (c.id(), c.gauges()));
     serde_json::json!({
         "id": id.to_string(),
-        "uptime_s": shared.started.elapsed().as_secs(),
+        "uptime_s": super::now().saturating_duration_since(shared.started).as_secs(),
         "sessions": g.sessions,
         "nodes_online": g.nodes_online,
         "agents": g.agents,

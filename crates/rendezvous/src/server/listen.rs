@@ -1,10 +1,11 @@
 //! Binding the sockets and the accept loops: QUIC (with STUN diverted), the second STUN
-//! socket, TCP/TLS, the admin port, and the core's timer.
+//! socket, TCP/TLS, the admin port, and the core's timer. [`bind`] binds real sockets;
+//! [`serve`] runs on whatever [`Sockets`] it is given (real or simulated).
 
 use std::future::pending;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agentmesh_proto::SecretKey;
 use agentmesh_tlsid::{self as tlsid, ClientAuth, ALPN_RENDEZVOUS};
@@ -14,8 +15,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::session::{self, Peer};
+use super::socket::DatagramSocket;
 use super::udp::{stun_only, StunDivert};
-use super::{admin, Running, ServeError, Shared};
+use super::{admin, Running, ServeError, Shared, Sockets};
 use crate::config::Config;
 
 /// Time a peer gets to finish the QUIC or TLS handshake and open its stream.
@@ -25,53 +27,66 @@ fn bind_err(addr: SocketAddr) -> impl FnOnce(std::io::Error) -> ServeError {
     move |source| ServeError::Bind { addr, source }
 }
 
-/// Binds everything and spawns the loops.
-pub(super) async fn bind_all(
-    cfg: &Config,
-    key: &SecretKey,
-    shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
-) -> Result<Running, ServeError> {
-    let rx = shutdown.subscribe();
+/// Binds the configured sockets (the real-network half of [`super::start`]).
+pub(super) async fn bind(cfg: &Config) -> Result<Sockets, ServeError> {
     let std_sock = std::net::UdpSocket::bind(cfg.listen).map_err(bind_err(cfg.listen))?;
     std_sock
         .set_nonblocking(true)
         .map_err(bind_err(cfg.listen))?;
     let runtime = Arc::new(quinn::TokioRuntime);
-    let inner = runtime
+    let udp = runtime
         .wrap_udp_socket(std_sock)
         .map_err(bind_err(cfg.listen))?;
-    let udp_addr = inner.local_addr().map_err(bind_err(cfg.listen))?;
-    let alt = match cfg.stun_alt {
-        Some(a) => Some(UdpSocket::bind(a).await.map_err(bind_err(a))?),
+    let stun_alt = match cfg.stun_alt {
+        Some(a) => {
+            let s: Arc<dyn DatagramSocket> =
+                Arc::new(UdpSocket::bind(a).await.map_err(bind_err(a))?);
+            Some(s)
+        }
         None => None,
     };
-    let stun_alt_addr = alt.as_ref().and_then(|s| s.local_addr().ok());
-    let answered = shared.counters.stun_answered.clone();
-    let divert = StunDivert::new(
-        inner,
-        cfg.stun_alt_public.or(stun_alt_addr),
-        answered.clone(),
-    )
-    .map_err(bind_err(cfg.listen))?;
-    let mut ep_cfg = quinn::EndpointConfig::default();
-    // Clients must keep QUIC's fixed bit set, so STUN (top bits 00) stays recognisable.
-    ep_cfg.grease_quic_bit(false);
-    let server_cfg =
-        tlsid::quinn_server_config(key, ClientAuth::RequireNodeCert, &[ALPN_RENDEZVOUS])?;
-    let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        ep_cfg,
-        Some(server_cfg),
-        Arc::new(divert),
+    let tcp = match cfg.tcp_listen {
+        Some(a) => Some(TcpListener::bind(a).await.map_err(bind_err(a))?),
+        None => None,
+    };
+    let admin = TcpListener::bind(cfg.admin)
+        .await
+        .map_err(bind_err(cfg.admin))?;
+    Ok(Sockets {
+        udp,
         runtime,
-    )
-    .map_err(bind_err(cfg.listen))?;
+        stun_alt,
+        tcp,
+        admin: Some(admin),
+    })
+}
+
+/// Spawns the loops on `sockets`.
+pub(super) fn serve(
+    cfg: &Config,
+    key: &SecretKey,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    sockets: Sockets,
+) -> Result<Running, ServeError> {
+    let rx = shutdown.subscribe();
+    let udp_addr = sockets.udp.local_addr().map_err(bind_err(cfg.listen))?;
+    let stun_alt_addr = sockets.stun_alt.as_ref().and_then(|s| s.local_addr().ok());
+    let endpoint = quic_endpoint(
+        cfg,
+        key,
+        &shared,
+        sockets.udp,
+        sockets.runtime,
+        stun_alt_addr,
+    )?;
     let mut tasks = vec![tokio::spawn(quic_accept(
         endpoint.clone(),
         shared.clone(),
         rx.clone(),
     ))];
-    if let Some(alt) = alt {
+    if let Some(alt) = sockets.stun_alt {
+        let answered = shared.counters.stun_answered.clone();
         let mut stop = rx.clone();
         tasks.push(tokio::spawn(async move {
             tokio::select! {
@@ -80,10 +95,11 @@ pub(super) async fn bind_all(
             }
         }));
     }
-    let tcp_addr = match cfg.tcp_listen {
-        Some(a) => {
-            let listener = TcpListener::bind(a).await.map_err(bind_err(a))?;
-            let local = listener.local_addr().map_err(bind_err(a))?;
+    let tcp_addr = match sockets.tcp {
+        Some(listener) => {
+            let local = listener
+                .local_addr()
+                .map_err(bind_err(cfg.tcp_listen.unwrap_or(cfg.listen)))?;
             let tls =
                 tlsid::server_config_alpn(key, ClientAuth::RequireNodeCert, &[ALPN_RENDEZVOUS])?;
             let acceptor = TlsAcceptor::from(Arc::new(tls));
@@ -97,15 +113,18 @@ pub(super) async fn bind_all(
         }
         None => None,
     };
-    let admin_listener = TcpListener::bind(cfg.admin)
-        .await
-        .map_err(bind_err(cfg.admin))?;
-    let admin_addr = admin_listener.local_addr().map_err(bind_err(cfg.admin))?;
-    tasks.push(tokio::spawn(admin::serve(
-        admin_listener,
-        shared.clone(),
-        rx.clone(),
-    )));
+    let admin_addr = match sockets.admin {
+        Some(listener) => {
+            let local = listener.local_addr().map_err(bind_err(cfg.admin))?;
+            tasks.push(tokio::spawn(admin::serve(
+                listener,
+                shared.clone(),
+                rx.clone(),
+            )));
+            local
+        }
+        None => SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
     tasks.push(tokio::spawn(timer(shared.clone(), rx)));
     Ok(Running {
         id: key.node_id(),
@@ -119,6 +138,30 @@ pub(super) async fn bind_all(
         store_thread: None,
         shared,
     })
+}
+
+/// The QUIC endpoint on `udp`, with STUN diverted to the responder.
+fn quic_endpoint(
+    cfg: &Config,
+    key: &SecretKey,
+    shared: &Shared,
+    udp: Arc<dyn quinn::AsyncUdpSocket>,
+    runtime: Arc<dyn quinn::Runtime>,
+    stun_alt_addr: Option<SocketAddr>,
+) -> Result<quinn::Endpoint, ServeError> {
+    let divert = StunDivert::new(
+        udp,
+        cfg.stun_alt_public.or(stun_alt_addr),
+        shared.counters.stun_answered.clone(),
+    )
+    .map_err(bind_err(cfg.listen))?;
+    let mut ep_cfg = quinn::EndpointConfig::default();
+    // Clients must keep QUIC's fixed bit set, so STUN (top bits 00) stays recognisable.
+    ep_cfg.grease_quic_bit(false);
+    let server_cfg =
+        tlsid::quinn_server_config(key, ClientAuth::RequireNodeCert, &[ALPN_RENDEZVOUS])?;
+    quinn::Endpoint::new_with_abstract_socket(ep_cfg, Some(server_cfg), Arc::new(divert), runtime)
+        .map_err(bind_err(cfg.listen))
 }
 
 async fn quic_accept(
@@ -226,7 +269,7 @@ async fn timer(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         };
         tokio::select! {
             _ = sleep => {
-                let outs = shared.with_core(|c| c.handle_timeout(Instant::now()));
+                let outs = shared.with_core(|c| c.handle_timeout(super::now()));
                 shared.dispatch(outs);
             }
             _ = shared.timer.notified() => {}

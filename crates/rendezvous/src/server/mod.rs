@@ -1,10 +1,16 @@
 //! The tokio driver: sockets (QUIC + STUN on one UDP socket, a second STUN socket,
 //! TCP/TLS, HTTP admin), the timer, the store writer, and graceful shutdown around the
 //! sans-IO [`crate::core::Server`].
+//!
+//! [`start`] binds the configured addresses; [`start_on`] runs on [`Sockets`] the caller
+//! made (e.g. netsim's simulated `SimUdpSocket` and `SimRuntime`, so the service runs in
+//! one process with simulated daemons). Time is tokio's clock, which is the system's
+//! unless the runtime's clock is paused (virtual time in tests and simulations).
 
 mod admin;
 mod listen;
 mod session;
+mod socket;
 mod udp;
 
 use std::collections::HashMap;
@@ -21,6 +27,7 @@ use crate::config::Config;
 use crate::core::{ConnId, Output, Server, StoreOp};
 use crate::store::{Store, StoreError};
 use session::ConnCmd;
+pub use socket::{DatagramSocket, QuinnDatagram};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -143,13 +150,43 @@ pub struct Running {
     pub tcp_addr: Option<SocketAddr>,
     /// The second STUN address, if enabled.
     pub stun_alt_addr: Option<SocketAddr>,
-    /// The HTTP admin address.
+    /// The HTTP admin address (`0.0.0.0:0` when [`start_on`] was given no admin listener).
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     endpoint: quinn::Endpoint,
     store_thread: Option<std::thread::JoinHandle<()>>,
     shared: Arc<Shared>,
+}
+
+/// The sockets [`start_on`] runs on; the configuration's addresses are then not bound.
+pub struct Sockets {
+    /// QUIC and the STUN responder (one socket, so STUN reports the mapping QUIC uses).
+    pub udp: Arc<dyn quinn::AsyncUdpSocket>,
+    /// quinn's runtime for `udp` (`quinn::TokioRuntime` on real sockets).
+    pub runtime: Arc<dyn quinn::Runtime>,
+    /// The second STUN address (the other observer), if any.
+    pub stun_alt: Option<Arc<dyn DatagramSocket>>,
+    /// The TCP/TLS listener, if any.
+    pub tcp: Option<tokio::net::TcpListener>,
+    /// The HTTP admin listener, if any.
+    pub admin: Option<tokio::net::TcpListener>,
+}
+
+impl std::fmt::Debug for Sockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sockets")
+            .field("udp", &self.udp.local_addr().ok())
+            .field("stun_alt", &self.stun_alt)
+            .field("tcp", &self.tcp)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Now on tokio's clock (the system clock unless paused).
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 fn unix_ms_now() -> u64 {
@@ -160,7 +197,7 @@ fn unix_ms_now() -> u64 {
 
 /// Builds the core from the configuration and what the store holds.
 fn build_core(cfg: &Config, key: SecretKey, store: &mut Store) -> Result<Server, ServeError> {
-    let now = Instant::now();
+    let now = now();
     let seed = rand::random::<u64>();
     let mut core = Server::new(cfg.core(), key, now, unix_ms_now(), seed);
     store.save_tenants(&cfg.tenant_configs()?)?;
@@ -211,12 +248,33 @@ fn store_thread(
     }
 }
 
-/// Starts the service with `key` as the rendezvous identity.
+/// Starts the service with `key` as the rendezvous identity, on the configured addresses.
 pub async fn start(cfg: Config, key: SecretKey) -> Result<Running, ServeError> {
+    let (shared, store_thread) = prepare(&cfg, &key)?;
+    let sockets = listen::bind(&cfg).await?;
+    launch(cfg, key, shared, store_thread, sockets)
+}
+
+/// Starts the service on `sockets` instead of binding `cfg`'s addresses (`listen`,
+/// `tcp_listen`, `stun_alt` and `admin` are ignored; `stun_alt_public` still overrides the
+/// advertised second observer). The clock is tokio's: paused clocks work.
+pub async fn start_on(
+    cfg: Config,
+    key: SecretKey,
+    sockets: Sockets,
+) -> Result<Running, ServeError> {
+    let (shared, store_thread) = prepare(&cfg, &key)?;
+    launch(cfg, key, shared, store_thread, sockets)
+}
+
+/// Opens the store, builds the core and starts the store writer.
+fn prepare(
+    cfg: &Config,
+    key: &SecretKey,
+) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>), ServeError> {
     agentmesh_tlsid::install_default_provider();
     let mut store = Store::open(&cfg.database)?;
-    let id = key.node_id();
-    let core = build_core(&cfg, key.clone(), &mut store)?;
+    let core = build_core(cfg, key.clone(), &mut store)?;
     let (store_tx, store_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
@@ -225,7 +283,7 @@ pub async fn start(cfg: Config, key: SecretKey) -> Result<Running, ServeError> {
         timer: Notify::new(),
         next_conn: AtomicU64::new(1),
         counters: DriverCounters::default(),
-        started: Instant::now(),
+        started: now(),
         max_frame: cfg.max_frame,
         log_peer_addresses: cfg.log_peer_addresses,
     });
@@ -237,10 +295,21 @@ pub async fn start(cfg: Config, key: SecretKey) -> Result<Running, ServeError> {
             addr: cfg.listen,
             source,
         })?;
+    Ok((shared, store_thread))
+}
+
+/// Spawns the loops on `sockets`.
+fn launch(
+    cfg: Config,
+    key: SecretKey,
+    shared: Arc<Shared>,
+    store_thread: std::thread::JoinHandle<()>,
+    sockets: Sockets,
+) -> Result<Running, ServeError> {
     let (shutdown, _) = watch::channel(false);
-    let mut running = listen::bind_all(&cfg, &key, shared, shutdown).await?;
+    let mut running = listen::serve(&cfg, &key, shared, shutdown, sockets)?;
     running.store_thread = Some(store_thread);
-    tracing::info!(id = %id, udp = %running.udp_addr, "rendezvous started");
+    tracing::info!(id = %running.id, udp = %running.udp_addr, "rendezvous started");
     Ok(running)
 }
 

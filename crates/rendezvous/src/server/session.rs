@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agentmesh_proto::frame::encode;
 use agentmesh_proto::rendezvous::{ClientMsg, ServerMsg};
@@ -50,7 +50,7 @@ pub(crate) async fn run<R, W>(
     let conn = shared.new_conn_id();
     let (tx, mut rx) = mpsc::channel(QUEUE);
     shared.register_conn(conn, tx);
-    shared.with_core(|core| core.connect(Instant::now(), conn, peer.observed, peer.tls_node));
+    shared.with_core(|core| core.connect(super::now(), conn, peer.observed, peer.tls_node));
     shared.kick_timer();
     if shared.log_peer_addresses {
         tracing::info!(conn = conn.0, peer = %peer.observed, "session opened");
@@ -95,7 +95,7 @@ pub(crate) async fn run<R, W>(
     }
     let _ = writer.shutdown().await;
     shared.unregister_conn(conn);
-    let outs = shared.with_core(|core| core.disconnect(Instant::now(), conn));
+    let outs = shared.with_core(|core| core.disconnect(super::now(), conn));
     shared.dispatch(outs);
     tracing::debug!(conn = conn.0, "session closed");
 }
@@ -103,7 +103,7 @@ pub(crate) async fn run<R, W>(
 /// Hands every complete frame (or fault) to the core.
 fn feed(shared: &Shared, conn: ConnId, frames: &mut FrameReader) {
     while let Some(item) = frames.next_frame::<ClientMsg>() {
-        let now = Instant::now();
+        let now = super::now();
         let outs = shared.with_core(|core| match item {
             Ok(msg) => core.handle_msg(now, conn, msg),
             Err(fault) => core.handle_fault(now, conn, fault),

@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
+use super::socket::DatagramSocket;
 use crate::stun;
 
 /// Most STUN datagrams answered in one `poll_recv` before yielding.
@@ -140,7 +141,7 @@ impl AsyncUdpSocket for StunDivert {
 
 /// Serves STUN only on a second socket (the second observer).
 pub(crate) async fn stun_only(
-    socket: tokio::net::UdpSocket,
+    socket: Arc<dyn DatagramSocket>,
     other: Option<SocketAddr>,
     answered: Arc<AtomicU64>,
 ) {

@@ -1,4 +1,5 @@
-//! Integration tests of the rendezvous service on loopback: one binary, modules inside.
+//! Integration tests of the rendezvous service on loopback (and one on netsim's simulated
+//! network): one binary, modules inside.
 
 // Tests may unwrap (STYLE): a failure here is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -7,4 +8,5 @@ mod abuse;
 mod binary;
 mod harness;
 mod registry;
+mod simnet;
 mod stun;
