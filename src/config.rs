@@ -53,6 +53,51 @@ pub struct DaemonConfig {
     pub default_request_timeout_ms: u64,
     /// Bytes queued for a client that stopped reading before it is dropped.
     pub max_queued_bytes: usize,
+    /// UDP address of the daemon's one socket (QUIC, STUN, probes, relay frames);
+    /// port 0 picks any.
+    pub listen: String,
+    /// Extra STUN servers (`host:port`; names resolved at start). The rendezvous is
+    /// always asked too; two observers classify the NAT.
+    pub stun_servers: Vec<String>,
+    /// Ask the router for a UPnP IGD port mapping.
+    pub upnp: bool,
+    /// The rendezvous to join (none: a single-host daemon).
+    pub rendezvous: Option<RendezvousSection>,
+    /// The blind relay (none: direct paths only).
+    pub relay: Option<RelaySection>,
+}
+
+/// `[rendezvous]`: where it is and how to join its tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RendezvousSection {
+    /// Its UDP address (`host:port`).
+    pub addr: String,
+    /// Its node id (`N…`), pinned in TLS.
+    pub node_id: agentmesh_proto::NodeId,
+    /// Tenant to join.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// The tenant's join token.
+    #[serde(default)]
+    pub token: String,
+}
+
+/// `[relay]`: the blind relay's addresses and id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// Its node id (`N…`), pinned.
+    pub node_id: agentmesh_proto::NodeId,
+    /// Its UDP address (`host:port`).
+    pub udp: String,
+    /// Its TCP/TLS address (`host:port`), used when UDP is blocked.
+    #[serde(default)]
+    pub tls: Option<String>,
+}
+
+fn default_tenant() -> String {
+    "default".into()
 }
 
 impl Default for DaemonConfig {
@@ -65,6 +110,11 @@ impl Default for DaemonConfig {
             max_line_bytes: 1024 * 1024,
             default_request_timeout_ms: 300_000,
             max_queued_bytes: 16 * 1024 * 1024,
+            listen: "0.0.0.0:0".into(),
+            stun_servers: Vec::new(),
+            upnp: true,
+            rendezvous: None,
+            relay: None,
         }
     }
 }
@@ -129,6 +179,22 @@ mod tests {
         assert_eq!(c.max_line_bytes, 10);
         assert_eq!(c.default_request_timeout_ms, 300_000);
         assert_eq!(c.key_path(), c.state_dir.join("node.key"));
+    }
+
+    #[test]
+    fn mesh_sections_parse() {
+        let id = agentmesh_proto::SecretKey::from_bytes(&[3; 32]).node_id();
+        let text = format!(
+            "listen = \"0.0.0.0:7946\"\nstun_servers = [\"stun.example.net:3478\"]\n\
+             [rendezvous]\naddr = \"rv.example.net:7400\"\nnode_id = \"{id}\"\ntoken = \"t\"\n\
+             [relay]\nnode_id = \"{id}\"\nudp = \"203.0.113.9:7500\"\n"
+        );
+        let c = DaemonConfig::parse(&text).unwrap();
+        let rv = c.rendezvous.unwrap();
+        assert_eq!((rv.tenant.as_str(), rv.node_id), ("default", id));
+        assert_eq!(c.relay.unwrap().tls, None);
+        assert_eq!(c.stun_servers.len(), 1);
+        assert!(DaemonConfig::parse("[rendezvous]\naddr = \"x:1\"").is_err());
     }
 
     #[test]

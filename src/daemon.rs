@@ -1,14 +1,23 @@
-//! Starting a daemon from its configuration: node key, router, local API. Used by the
-//! `agentmeshd` binary, the demo and the tests, so all run the same code.
+//! Starting a daemon from its configuration: node key, router, local API and, when a
+//! rendezvous is configured, the mesh network. Used by the `agentmeshd` binary, the
+//! demo and the tests, so all run the same code.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentmesh_proto::keyfile::{self, KeyFileError};
-use agentmesh_proto::NodeId;
+use agentmesh_proto::{NodeId, SecretKey};
+use quinn::{AsyncUdpSocket, TokioRuntime};
+use tracing::info;
 
 use crate::api::{ApiConfig, ApiServer, ServeError};
 use crate::config::DaemonConfig;
+use crate::net::node::{MeshConfig, MeshNode, NetError};
+use crate::net::relay_link::RelayLinkConfig;
+use crate::net::rendezvous_link::RendezvousConfig;
+use crate::net::resolve::{resolve, ResolveError};
 use crate::router::{FileKeyStore, Router, RouterConfig};
 
 /// Why the daemon could not start.
@@ -21,21 +30,61 @@ pub enum StartError {
     /// The local API could not start.
     #[error(transparent)]
     Api(#[from] ServeError),
+    /// A configured address does not resolve.
+    #[error("config: {0}")]
+    Resolve(#[from] ResolveError),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind the UDP socket {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The network could not start.
+    #[error(transparent)]
+    Net(#[from] NetError),
+}
+
+/// The network a daemon runs on: a socket and the runtime that drives it (a real UDP
+/// socket with tokio, or a `netsim` host).
+pub struct NetBinding {
+    /// The daemon's one UDP socket.
+    pub udp: Arc<dyn AsyncUdpSocket>,
+    /// quinn's runtime for it.
+    pub runtime: Arc<dyn quinn::Runtime>,
+    /// Rendezvous, relay and STUN, resolved.
+    pub mesh: MeshConfig,
 }
 
 /// A daemon ready to serve.
 pub struct Daemon {
     node_id: NodeId,
+    key: SecretKey,
+    config: DaemonConfig,
     api: ApiServer,
 }
 
 impl Daemon {
-    /// Loads (or creates) the node key and binds the local API socket.
+    /// Loads (or creates) the node key and binds the local API socket; the router works
+    /// across hosts when a rendezvous is configured.
     pub fn start(config: &DaemonConfig) -> Result<Daemon, StartError> {
+        Self::start_inner(config, config.rendezvous.is_some())
+    }
+
+    /// Like [`Daemon::start`], for a daemon whose mesh is given to
+    /// [`Daemon::run_on`] rather than configured (simulations).
+    pub fn start_with_mesh(config: &DaemonConfig) -> Result<Daemon, StartError> {
+        Self::start_inner(config, true)
+    }
+
+    fn start_inner(config: &DaemonConfig, mesh: bool) -> Result<Daemon, StartError> {
         let node_key = keyfile::load_or_create(&config.key_path())?;
         let node_id = node_key.node_id();
         let router_config = RouterConfig {
             default_timeout: Duration::from_millis(config.default_request_timeout_ms.max(1)),
+            mesh,
             ..RouterConfig::default()
         };
         let keys = FileKeyStore::new(config.state_dir.join("agents"));
@@ -44,7 +93,12 @@ impl Daemon {
         api_config.max_line_bytes = config.max_line_bytes;
         api_config.max_queued_bytes = config.max_queued_bytes;
         let api = ApiServer::bind(api_config, router)?;
-        Ok(Daemon { node_id, api })
+        Ok(Daemon {
+            node_id,
+            key: node_key,
+            config: config.clone(),
+            api,
+        })
     }
 
     /// This daemon's node id.
@@ -52,8 +106,83 @@ impl Daemon {
         self.node_id
     }
 
-    /// Serves until `shutdown` completes.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        self.api.serve(shutdown).await;
+    /// Serves until `shutdown` completes: the local API and, when a rendezvous is
+    /// configured, the mesh on a real UDP socket bound to `listen`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let binding = match self.config.rendezvous {
+            Some(_) => Some(self.real_binding().await?),
+            None => None,
+        };
+        self.run_on(binding, shutdown).await
     }
+
+    /// Serves until `shutdown` completes, the mesh (if any) on `binding`.
+    pub async fn run_on(
+        self,
+        binding: Option<NetBinding>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartError> {
+        let node = match binding {
+            Some(b) => {
+                let (router, outputs) = self.api.attach_network();
+                let node =
+                    MeshNode::start(b.mesh, self.key.clone(), router, outputs, b.udp, b.runtime)?;
+                info!(node = %self.node_id.short(), "mesh network started");
+                Some(node)
+            }
+            None => None,
+        };
+        self.api.serve(shutdown).await;
+        if let Some(node) = node {
+            node.shutdown().await;
+        }
+        Ok(())
+    }
+
+    async fn real_binding(&self) -> Result<NetBinding, StartError> {
+        let listen = resolve(&self.config.listen, true).await?;
+        let bind_err = |source| StartError::Bind {
+            addr: listen,
+            source,
+        };
+        let std_sock = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+        std_sock.set_nonblocking(true).map_err(bind_err)?;
+        let udp = quinn::Runtime::wrap_udp_socket(&TokioRuntime, std_sock).map_err(bind_err)?;
+        Ok(NetBinding {
+            udp,
+            runtime: Arc::new(TokioRuntime),
+            mesh: mesh_config(&self.config, listen.is_ipv4()).await?,
+        })
+    }
+}
+
+/// The network part of the configuration, names resolved.
+pub async fn mesh_config(config: &DaemonConfig, v4: bool) -> Result<MeshConfig, StartError> {
+    let mut mesh = MeshConfig {
+        upnp: config.upnp,
+        ..MeshConfig::default()
+    };
+    if let Some(rv) = &config.rendezvous {
+        mesh.rendezvous = Some(RendezvousConfig {
+            addr: resolve(&rv.addr, v4).await?,
+            node: rv.node_id,
+            tenant: rv.tenant.clone(),
+            token: rv.token.clone(),
+        });
+    }
+    if let Some(relay) = &config.relay {
+        let tls = match &relay.tls {
+            Some(t) => Some(resolve(t, v4).await?),
+            None => None,
+        };
+        mesh.relay = Some(RelayLinkConfig::new(
+            relay.node_id,
+            resolve(&relay.udp, v4).await?,
+            tls,
+        ));
+    }
+    for s in &config.stun_servers {
+        mesh.stun_servers.push(resolve(s, v4).await?);
+    }
+    Ok(mesh)
 }

@@ -58,7 +58,7 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         let daemon = Daemon::start(&config)?;
         info!(node_id = %daemon.node_id(), socket = %config.socket.display(), "agentmeshd ready");
-        daemon.run(shutdown_signal()).await;
+        daemon.run(shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -255,8 +255,14 @@ impl AsyncUdpSocket for MeshSocket {
                 Ok(())
             }
             Some((node, Some(Path::Relay))) => self.send_relayed(node, transmit),
-            _ => {
-                // No path yet: QUIC retransmits once the path finder sets one.
+            // No path chosen yet (a peer whose first packets came through the relay):
+            // answer the way it came. Without a relay, QUIC retransmits once the path
+            // finder sets a direct path.
+            Some((node, None)) => self.send_relayed(node, transmit).or_else(|_| {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }),
+            None => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }

@@ -6,10 +6,17 @@
 
 pub mod demux;
 pub mod mesh_socket;
+pub mod node;
+pub mod paths;
 pub mod peer_path;
+pub mod peers;
 pub mod portmap;
 pub mod probe;
 pub mod punch;
+pub mod reflexive;
 pub mod relay_link;
+pub mod rendezvous_link;
+pub mod resolve;
 pub mod routes;
+pub mod status;
 pub mod stun;

@@ -93,6 +93,14 @@ impl Routes {
         }
     }
 
+    /// Packets from `addr` come from `node` (an authenticated probe arrived from there):
+    /// map them to its virtual address even before its path turns direct here, so a
+    /// peer that switched first never makes quinn migrate to a bare address.
+    pub fn note_source(&self, node: NodeId, addr: SocketAddr) {
+        self.virtual_addr(node);
+        self.write().node_of_direct.entry(addr).or_insert(node);
+    }
+
     /// The current path of `node`.
     pub fn path(&self, node: &NodeId) -> Option<Path> {
         self.read().path_of.get(node).copied()

@@ -185,21 +185,28 @@ impl StunProbe {
     /// endpoint-dependent with consecutive ports (a sequential symmetric NAT),
     /// `predict` ports after the highest one seen.
     pub fn candidates(&self, local: SocketAddr, predict: u16) -> Vec<(SocketAddr, CandidateKind)> {
-        let mut out = vec![(local, CandidateKind::Local)];
-        let answers = self.answers();
-        if let Some((_, reflexive)) = answers.first() {
-            out.push((*reflexive, CandidateKind::Reflexive));
-        }
-        if let MappingObservation::EndpointDependent { mut ports } = self.observation(local) {
-            ports.sort_unstable();
-            let sequential = ports.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
-            if let (true, Some((_, seen)), Some(last)) = (sequential, answers.first(), ports.last())
-            {
-                out.extend(predicted_ports(SocketAddr::new(seen.ip(), *last), predict));
-            }
-        }
-        out
+        candidates_from(local, &self.answers(), predict)
     }
+}
+
+/// The candidates of [`StunProbe::candidates`], from (observer, mapping) answers.
+pub fn candidates_from(
+    local: SocketAddr,
+    answers: &[(SocketAddr, SocketAddr)],
+    predict: u16,
+) -> Vec<(SocketAddr, CandidateKind)> {
+    let mut out = vec![(local, CandidateKind::Local)];
+    if let Some((_, reflexive)) = answers.first() {
+        out.push((*reflexive, CandidateKind::Reflexive));
+    }
+    if let MappingObservation::EndpointDependent { mut ports } = classify(local, answers) {
+        ports.sort_unstable();
+        let sequential = ports.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
+        if let (true, Some((_, seen)), Some(last)) = (sequential, answers.first(), ports.last()) {
+            out.extend(predicted_ports(SocketAddr::new(seen.ip(), *last), predict));
+        }
+    }
+    out
 }
 
 /// Classifies the mapping from (observer, reflexive address) pairs.

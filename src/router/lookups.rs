@@ -105,7 +105,8 @@ impl Router {
         let token = p.next_token;
         p.waiting.insert(token, (deadline, w));
         p.deadlines.insert((deadline, token));
-        self.out.push(Output::Lookup(Lookup { token, query }));
+        self.out
+            .push(Output::Lookup(Box::new(Lookup { token, query })));
         Ok(())
     }
 

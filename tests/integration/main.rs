@@ -8,6 +8,7 @@ mod cli;
 mod daemon_process;
 mod examples;
 mod local_api;
+mod mesh_loopback;
 mod portmap_netns;
 mod punch_matrix;
 mod punch_matrix_netns;

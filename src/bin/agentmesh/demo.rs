@@ -1,131 +1,311 @@
-//! `agentmesh demo`: a daemon and five agents in this process, talking over the real
-//! local API socket: discovery, requests spread by capability, streaming,
-//! input_required, events, and a latency measurement. Needs no setup and no root.
+//! `agentmesh demo`: a rendezvous, a relay and three daemons behind different simulated
+//! NATs (full cone, port-restricted cone, symmetric), in this process with no root and
+//! no setup. Everything but the network is the production code: daemons, local API
+//! sockets, QUIC, STUN, hole punching, the relay. Agents on each daemon discover each
+//! other, request, stream, ask for input and publish events; a table shows each pair of
+//! daemons with its path, tier and latency.
 
-use std::path::Path;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use netsim::Preset;
 use serde_json::{json, Value};
 
+use agentmesh::cli::sample_agents::spawn_agent;
 use agentmesh::cli::Client;
-use agentmesh::config::DaemonConfig;
-use agentmesh::daemon::Daemon;
+use agentmesh::simworld::{SiteSpec, World};
 
 use crate::output::{human, table};
 
+/// How long the demo waits for a pair to go direct.
+const DIRECT_WAIT: Duration = Duration::from_secs(4);
+/// Requests per pair for the latency figures.
+const SAMPLES: usize = 20;
+
+fn sites() -> Vec<SiteSpec> {
+    let site = |name: &str, preset, ip: [u8; 4], ms| SiteSpec {
+        name: name.into(),
+        preset,
+        public_ip: Ipv4Addr::from(ip),
+        latency: Duration::from_millis(ms),
+        loss: 0.0,
+    };
+    vec![
+        site("home", Preset::FullCone, [203, 0, 113, 101], 20),
+        site(
+            "office",
+            Preset::PortRestrictedCone,
+            [198, 51, 100, 102],
+            30,
+        ),
+        site("mobile", Preset::Symmetric, [198, 51, 100, 103], 40),
+    ]
+}
+
+struct Caller {
+    client: Client,
+    me: Value,
+}
+
 pub(crate) async fn run(as_json: bool) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let config = DaemonConfig {
-        socket: dir.path().join("agentmeshd.sock"),
-        state_dir: dir.path().join("state"),
-        ..DaemonConfig::default()
-    };
-    let daemon = Daemon::start(&config)?;
-    let node = daemon.node_id();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(daemon.run(async {
-        let _ = stop_rx.await;
-    }));
     eprintln!(
-        "demo: agentmeshd {} listening on {}",
-        node.short(),
-        config.socket.display()
+        "demo: building a simulated internet with a rendezvous, a relay and three NATed sites…"
     );
+    let world = World::start(dir.path(), &sites(), 7)
+        .await
+        .context("starting the simulated mesh")?;
+    let result = run_steps(&world, as_json).await;
+    world.shutdown().await;
+    result
+}
 
-    let sock = config.socket.clone();
-    for name in ["echo-1", "echo-2"] {
+async fn run_steps(world: &World, as_json: bool) -> Result<()> {
+    for d in &world.daemons {
+        eprintln!(
+            "demo: agentmeshd {:<7} {} behind {}",
+            d.name,
+            d.node_id.short(),
+            d.preset
+        );
         spawn_agent(
-            &sock,
-            name,
-            json!(["echo"]),
-            json!([{"id": "echo", "name": "Echo"}]),
+            &d.socket,
+            &format!("echo-{}", d.name),
+            json!(["echo", format!("site-{}", d.name)]),
+            json!([{"id": "echo", "name": "Echo"}, {"id": "count", "name": "Count", "streaming": true},
+                   {"id": "book", "name": "Book a table"}]),
         )
         .await?;
     }
-    spawn_agent(
-        &sock,
-        "counter",
-        json!(["count"]),
-        json!([{"id": "count", "name": "Count", "streaming": true}]),
-    )
-    .await?;
-    spawn_agent(
-        &sock,
-        "clerk",
-        json!(["booking"]),
-        json!([{"id": "book", "name": "Book a table"}]),
-    )
-    .await?;
-    let mut listener = Client::connect(&sock).await?;
-    let lid = listener
-        .call("register", json!({"manifest": {"name": "listener"}}))
-        .await?["agent_id"]
-        .clone();
-    listener
-        .call(
-            "subscribe",
-            json!({"agent_id": lid, "pattern": "mesh.event.>"}),
-        )
-        .await?;
-
-    let mut caller = Client::connect(&sock).await?;
-    let me = caller
-        .call("register", json!({"manifest": {"name": "caller"}}))
-        .await?["agent_id"]
-        .clone();
-    let mut rows = Vec::new();
-    let mut results = serde_json::Map::new();
-
-    let found = caller.call("discover", json!({"query": {}})).await?;
-    rows.push(vec![
-        "discover".into(),
-        format!("{} agents online", found["total"]),
-        String::new(),
+    let mut callers = Vec::new();
+    for d in &world.daemons {
+        let mut client = Client::connect(&d.socket).await?;
+        let me = client
+            .call(
+                "register",
+                json!({"manifest": {"name": format!("caller-{}", d.name)}}),
+            )
+            .await?["agent_id"]
+            .clone();
+        callers.push(Caller { client, me });
+    }
+    let mut steps = Vec::new();
+    let t = Instant::now();
+    let found = discover_all(&mut callers[0], world.daemons.len()).await?;
+    steps.push(vec![
+        "discover (home)".into(),
+        format!(
+            "{} echo agents on {} daemons",
+            found.len(),
+            world.daemons.len()
+        ),
+        ms(t.elapsed()),
     ]);
 
-    for i in 0..4 {
-        let t = Instant::now();
-        let r = call(&mut caller, json!({"from": me, "capability": "echo", "skill": "echo", "input": format!("ping {i}")})).await?;
-        rows.push(vec![
-            format!("request echo #{i}"),
-            format!(
-                "{} by {}",
-                human(&r["output"]["text"]),
-                human(&r["output"]["by"])
-            ),
-            ms(t.elapsed()),
-        ]);
+    let mut pairs = Vec::new();
+    for (i, caller) in callers.iter_mut().enumerate() {
+        for other in world.daemons.iter().skip(i + 1) {
+            let target = agent_on(caller, &other.name).await?;
+            let row = measure_pair(caller, &target, other.node_id.to_string()).await?;
+            pairs.push((world.daemons[i].name.clone(), other.name.clone(), row));
+        }
     }
+    features(world, &mut callers, &mut steps).await?;
 
+    if as_json {
+        let pairs: Vec<Value> = pairs
+            .iter()
+            .map(|(a, b, r)| {
+                json!({"a": a, "b": b, "path": r.path, "tier": r.tier,
+                "first_response_ms": r.first.as_secs_f64() * 1e3,
+                "to_direct_ms": r.to_direct.map(|d| d.as_secs_f64() * 1e3),
+                "p50_ms": r.p50.as_secs_f64() * 1e3})
+            })
+            .collect();
+        println!("{}", json!({"pairs": pairs, "steps": steps}));
+        return Ok(());
+    }
+    println!();
+    let rows: Vec<Vec<String>> = pairs
+        .iter()
+        .map(|(a, b, r)| {
+            vec![
+                format!("{a} ↔ {b}"),
+                r.path.clone(),
+                r.tier.clone(),
+                ms(r.first),
+                r.to_direct.map_or("-".into(), ms),
+                ms(r.p50),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PAIR",
+            "PATH",
+            "TIER",
+            "FIRST RESPONSE",
+            "TO DIRECT",
+            "REQUEST P50",
+        ],
+        &rows,
+    );
+    println!();
+    table(&["STEP", "RESULT", "LATENCY"], &steps);
+    println!(
+        "\nLinks: home 20 ms, office 30 ms, mobile 40 ms one way (simulated, in real time).\n\
+         office ↔ mobile stays relayed: a symmetric NAT's new port for each destination\n\
+         never matches what a port-restricted NAT lets in."
+    );
+    Ok(())
+}
+
+async fn discover_all(c: &mut Caller, want: usize) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = c
+            .client
+            .call("discover", json!({"query": {"capabilities": ["echo"]}}))
+            .await;
+        if let Ok(v) = &r {
+            let agents = v["agents"].as_array().cloned().unwrap_or_default();
+            if agents.len() >= want {
+                return Ok(agents);
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "discovery did not see every daemon: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn agent_on(c: &mut Caller, site: &str) -> Result<Value> {
+    let r = c
+        .client
+        .call(
+            "discover",
+            json!({"query": {"capabilities": [format!("site-{site}")]}}),
+        )
+        .await?;
+    r["agents"][0]["id"]
+        .as_str()
+        .map(|s| json!(s))
+        .with_context(|| format!("no agent found on {site}"))
+}
+
+struct PairRow {
+    path: String,
+    tier: String,
+    first: Duration,
+    to_direct: Option<Duration>,
+    p50: Duration,
+}
+
+async fn measure_pair(c: &mut Caller, target: &Value, node: String) -> Result<PairRow> {
+    let start = Instant::now();
+    echo(c, target, "first").await?;
+    let first = start.elapsed();
+    let mut to_direct = None;
+    let deadline = Instant::now() + DIRECT_WAIT;
+    let (path, tier) = loop {
+        let (path, tier) = peer_path(c, &node).await?;
+        if path == "direct" {
+            to_direct = Some(start.elapsed());
+            break (path, tier);
+        }
+        if Instant::now() >= deadline {
+            break (path, tier);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut times = Vec::with_capacity(SAMPLES);
+    for i in 0..SAMPLES {
+        let t = Instant::now();
+        echo(c, target, &i.to_string()).await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok(PairRow {
+        path,
+        tier,
+        first,
+        to_direct,
+        p50: times[SAMPLES / 2],
+    })
+}
+
+async fn echo(c: &mut Caller, target: &Value, text: &str) -> Result<()> {
+    let r = c
+        .client
+        .call(
+            "request",
+            json!({"from": c.me, "to": target, "skill": "echo", "input": text}),
+        )
+        .await?;
+    anyhow::ensure!(
+        r["state"] == "completed",
+        "request ended {}: {}",
+        r["state"],
+        r["error"]
+    );
+    Ok(())
+}
+
+async fn peer_path(c: &mut Caller, node: &str) -> Result<(String, String)> {
+    let st = c.client.call("status", json!({})).await?;
+    let peers = st["net"]["peers"].as_array().cloned().unwrap_or_default();
+    let p = peers.iter().find(|p| p["node"] == node);
+    Ok(p.map_or(("none".into(), "-".into()), |p| {
+        (human(&p["path"]), human(&p["tier"]))
+    }))
+}
+
+/// Streaming, input_required and an event fanned out to the other daemons.
+async fn features(
+    world: &World,
+    callers: &mut [Caller],
+    steps: &mut Vec<Vec<String>>,
+) -> Result<()> {
+    let office = agent_on(&mut callers[0], "office").await?;
+    let mobile = agent_on(&mut callers[0], "mobile").await?;
+    let home = &mut callers[0];
     let t = Instant::now();
-    let id = caller.send("request", json!({"from": me, "capability": "count", "skill": "count", "input": 5, "stream": true})).await?;
+    let id = home
+        .client
+        .send(
+            "request",
+            json!({"from": home.me, "to": office, "skill": "count", "input": 5, "stream": true}),
+        )
+        .await?;
     let mut chunks = Vec::new();
     let fin = loop {
-        let m = caller.next_message().await?;
+        let m = home.client.next_message().await?;
         if m["event"] == "stream" {
             chunks.push(human(&m["chunk"]));
         } else if m.get("event").is_none() && m["id"] == json!(id) {
             break agentmesh::cli::client::reply_value(m)?;
         }
     };
-    rows.push(vec![
-        "stream count 5".into(),
+    steps.push(vec![
+        "home → office: stream count 5".into(),
         format!("chunks [{}], {}", chunks.join(" "), human(&fin["state"])),
         ms(t.elapsed()),
     ]);
-
     let t = Instant::now();
-    let id = caller
+    let id = home
+        .client
         .send(
             "request",
-            json!({"from": me, "capability": "booking", "skill": "book", "input": {"party": 2}}),
+            json!({"from": home.me, "to": mobile, "skill": "book", "input": {"party": 2}}),
         )
         .await?;
     let fin = loop {
-        let m = caller.next_message().await?;
+        let m = home.client.next_message().await?;
         if m["event"] == "task_update" && m["state"] == "input_required" {
-            caller
+            home.client
                 .send(
                     "continue",
                     json!({"task_id": m["task_id"], "input": "friday 8pm"}),
@@ -135,150 +315,69 @@ pub(crate) async fn run(as_json: bool) -> Result<()> {
             break agentmesh::cli::client::reply_value(m)?;
         }
     };
-    rows.push(vec![
-        "book (input_required)".into(),
+    steps.push(vec![
+        "home → mobile: book (input_required)".into(),
         human(&fin["output"]),
         ms(t.elapsed()),
     ]);
+    emit_step(world, callers, steps).await
+}
 
-    let t = Instant::now();
-    caller
-        .call(
-            "emit",
-            json!({"from": me, "topic": "mesh.event.demo.hello", "data": {"n": 1}}),
+async fn emit_step(
+    world: &World,
+    callers: &mut [Caller],
+    steps: &mut Vec<Vec<String>>,
+) -> Result<()> {
+    let mut listeners = Vec::new();
+    for d in world.daemons.iter().skip(1) {
+        let mut l = Client::connect(&d.socket).await?;
+        let id = l
+            .call(
+                "register",
+                json!({"manifest": {"name": format!("listener-{}", d.name)}}),
+            )
+            .await?["agent_id"]
+            .clone();
+        l.call(
+            "subscribe",
+            json!({"agent_id": id, "pattern": "mesh.event.demo.>"}),
         )
         .await?;
-    let ev = loop {
-        let m = listener.next_message().await?;
-        if m["event"] == "event" {
-            break m;
+        listeners.push((d.name.clone(), l));
+    }
+    let home = &mut callers[0];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    let t = Instant::now();
+    // The subscription index reaches the publisher through the rendezvous; publish until
+    // every listener has heard once.
+    for (name, l) in listeners.iter_mut() {
+        loop {
+            home.client
+                .call(
+                    "emit",
+                    json!({"from": home.me, "topic": "mesh.event.demo.hello", "data": {"n": 1}}),
+                )
+                .await?;
+            if let Ok(Ok(m)) =
+                tokio::time::timeout(Duration::from_millis(300), l.next_message()).await
+            {
+                if m["event"] == "event" {
+                    got.push(name.clone());
+                    break;
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the event never reached {name}");
         }
-    };
-    rows.push(vec![
-        "emit mesh.event.demo.hello".into(),
-        format!("listener got {}", ev["data"]),
+    }
+    steps.push(vec![
+        "home: emit mesh.event.demo.hello".into(),
+        format!("received on {}", got.join(", ")),
         ms(t.elapsed()),
     ]);
-
-    let (p50, p99, n) = latency(&mut caller, &me).await?;
-    rows.push(vec![
-        format!("{n} sequential echo requests"),
-        format!("p50 {} p99 {}", us(p50), us(p99)),
-        String::new(),
-    ]);
-    results.insert("echo_p50_us".into(), json!(p50.as_micros()));
-    results.insert("echo_p99_us".into(), json!(p99.as_micros()));
-
-    if as_json {
-        results.insert("steps".into(), json!(rows));
-        println!("{}", Value::Object(results));
-    } else {
-        println!();
-        table(&["STEP", "RESULT", "LATENCY"], &rows);
-        println!("\nAll on one host through agentmeshd's local API. Cross-host paths (direct or relayed)");
-        println!("appear here once the daemon's networking lands.");
-    }
-    let _ = stop_tx.send(());
-    served.await.context("daemon task")?;
     Ok(())
-}
-
-async fn call(c: &mut Client, args: Value) -> Result<Value> {
-    let r = c.call("request", args).await?;
-    anyhow::ensure!(
-        r["state"] == "completed",
-        "request ended {}: {}",
-        r["state"],
-        r["error"]
-    );
-    Ok(r)
-}
-
-async fn latency(c: &mut Client, me: &Value) -> Result<(Duration, Duration, usize)> {
-    let n = 1000;
-    let mut times = Vec::with_capacity(n);
-    for i in 0..n {
-        let t = Instant::now();
-        call(
-            c,
-            json!({"from": me, "capability": "echo", "skill": "echo", "input": i}),
-        )
-        .await?;
-        times.push(t.elapsed());
-    }
-    times.sort();
-    Ok((times[n / 2], times[n * 99 / 100], n))
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn us(d: Duration) -> String {
-    format!("{} µs", d.as_micros())
-}
-
-/// Starts one demo agent on its own connection; it serves until the demo ends.
-async fn spawn_agent(sock: &Path, name: &str, caps: Value, skills: Value) -> Result<()> {
-    let mut c = Client::connect(sock).await?;
-    c.call(
-        "register",
-        json!({"manifest": {"name": name, "capabilities": caps, "skills": skills}}),
-    )
-    .await?;
-    let name = name.to_string();
-    tokio::spawn(async move {
-        while let Ok(m) = c.next_message().await {
-            if serve(&mut c, &name, &m).await.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(())
-}
-
-async fn serve(c: &mut Client, name: &str, m: &Value) -> Result<()> {
-    let task = &m["task_id"];
-    match (m["event"].as_str(), m["skill"].as_str()) {
-        (Some("request"), Some("echo")) => {
-            let out = json!({"text": human(&m["input"]), "by": name});
-            c.send(
-                "respond",
-                json!({"task_id": task, "state": "completed", "output": out}),
-            )
-            .await?;
-        }
-        (Some("request"), Some("count")) => {
-            let n = m["input"].as_u64().unwrap_or(3).min(100);
-            for i in 1..=n {
-                c.send(
-                    "stream",
-                    json!({"task_id": task, "chunk": i, "final": i == n}),
-                )
-                .await?;
-            }
-            c.send(
-                "respond",
-                json!({"task_id": task, "state": "completed", "output": n}),
-            )
-            .await?;
-        }
-        (Some("request"), Some("book")) => {
-            c.send(
-                "respond",
-                json!({"task_id": task, "state": "input_required", "message": "which day?"}),
-            )
-            .await?;
-        }
-        (Some("continue"), _) => {
-            let out = format!("table booked for {}", human(&m["input"]));
-            c.send(
-                "respond",
-                json!({"task_id": task, "state": "completed", "output": out}),
-            )
-            .await?;
-        }
-        _ => {}
-    }
-    Ok(())
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }

@@ -27,14 +27,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// A JSON value for people: strings bare, everything else compact JSON.
-pub(crate) fn human(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
+pub(crate) use agentmesh::cli::sample_agents::human;
 
 /// Parses a CLI argument as JSON, or takes it as a plain string.
 pub(crate) fn json_arg(s: &str) -> Value {

@@ -178,9 +178,11 @@ async fn starts_relayed_then_moves_direct_without_reconnecting() {
 }
 
 #[tokio::test]
-async fn a_peer_without_a_path_is_not_reachable_until_one_is_set() {
+async fn a_peer_without_a_path_is_answered_through_the_relay() {
     let a = side(3);
     let b = side(4);
+    *a.relay.to.lock().unwrap() = Some(b.handle.clone());
+    *b.relay.to.lock().unwrap() = Some(a.handle.clone());
     let nb = b.key.node_id();
     let client =
         agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(nb), &[ALPN_PEER])
@@ -199,18 +201,15 @@ async fn a_peer_without_a_path_is_not_reachable_until_one_is_set() {
             let _ = i.await;
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        a.handle.stats().dropped.load(Ordering::Relaxed) > 0,
-        "packets without a path are dropped"
-    );
-    a.routes.set_path(nb, Path::Direct(b.real));
-    b.routes.set_path(a.key.node_id(), Path::Direct(a.real));
+    // Neither side has chosen a path: both fall back to the relay.
     let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(agentmesh_tlsid::peer_node_id_quic(&conn).unwrap(), nb);
+    assert!(a.handle.stats().relay_sent.load(Ordering::Relaxed) > 0);
+    assert!(b.handle.stats().relay_sent.load(Ordering::Relaxed) > 0);
+    assert_eq!(a.handle.stats().direct_sent.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]

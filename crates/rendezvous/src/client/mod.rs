@@ -191,6 +191,13 @@ impl Client {
         self.events.recv().await
     }
 
+    /// Takes the stream of pushed events, so the client can be shared (`Arc`) while
+    /// another task reads them; [`Client::next_event`] returns `None` afterwards.
+    pub fn take_events(&mut self) -> mpsc::UnboundedReceiver<Event> {
+        let (_closed, empty) = mpsc::unbounded_channel();
+        std::mem::replace(&mut self.events, empty)
+    }
+
     /// Sends raw bytes on the session (tests).
     pub async fn send_bytes(&self, bytes: &[u8]) -> Result<(), ClientError> {
         let mut w = self.writer.lock().await;

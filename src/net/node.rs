@@ -1,0 +1,395 @@
+//! The daemon's network, assembled: one UDP socket wrapped as the [`MeshSocket`], the
+//! QUIC endpoint on it, the relay link, the path finder, STUN, the rendezvous link and
+//! the peer sessions; plus the two dispatch loops that join them (diverted datagrams to
+//! their owners; router outputs to sessions and the rendezvous) and the status feed to
+//! the router. Socket and runtime are given, so the same code runs on a real socket and
+//! on `netsim`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentmesh_proto::{ErrorCode, ErrorObject, SecretKey};
+use quinn::{AsyncUdpSocket, Endpoint, EndpointConfig};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use super::demux::Kind;
+use super::mesh_socket::{Diverted, MeshHandle, MeshSocket, RelayLink};
+use super::paths::{PathChange, Paths};
+use super::peer_path::{PathConfig, Tier};
+use super::peers::{self, Sessions};
+use super::portmap::{PortMapper, PortMapperConfig};
+use super::reflexive::{Reflexive, SelfView};
+use super::relay_link::{relay_link, RelayLinkConfig, RelayLinkHandle, RelayLinkStatus};
+use super::rendezvous_link::{Command, RendezvousConfig, RendezvousLink};
+use super::routes::{Path, Routes};
+use super::status;
+use crate::api::RouterHandle;
+use crate::router::Output;
+
+/// What the network needs to know.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// The rendezvous (none: a daemon without a mesh answers only for local agents).
+    pub rendezvous: Option<RendezvousConfig>,
+    /// The relay (none: only direct paths).
+    pub relay: Option<RelayLinkConfig>,
+    /// STUN observers besides the rendezvous (two or more classify the NAT).
+    pub stun_servers: Vec<SocketAddr>,
+    /// Path maintenance timing.
+    pub path: PathConfig,
+    /// How often STUN is asked again (a changed mapping re-punches).
+    pub restun_interval: Duration,
+    /// Ask the router for a UPnP IGD port mapping (real sockets only).
+    pub upnp: bool,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            rendezvous: None,
+            relay: None,
+            stun_servers: Vec::new(),
+            path: PathConfig::default(),
+            restun_interval: Duration::from_secs(60),
+            upnp: false,
+        }
+    }
+}
+
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The TLS identity could not be built.
+    #[error("node TLS identity: {0}")]
+    Tls(#[from] agentmesh_tlsid::TlsIdError),
+    /// The QUIC endpoint could not be created.
+    #[error("QUIC endpoint: {0}")]
+    Endpoint(#[from] std::io::Error),
+}
+
+/// A relay link for daemons without a relay: every packet is dropped.
+#[derive(Debug)]
+struct NoRelay;
+
+impl RelayLink for NoRelay {
+    fn send(&self, _: agentmesh_proto::NodeId, _: &[u8]) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::NotConnected.into())
+    }
+}
+
+/// The running network of one daemon.
+pub struct MeshNode {
+    endpoint: Endpoint,
+    sessions: Arc<Sessions>,
+    paths: Arc<Paths>,
+    relay: Option<RelayLinkHandle>,
+    rendezvous: Option<Arc<RendezvousLink>>,
+    portmap: Option<PortMapper>,
+    view: Arc<Mutex<SelfView>>,
+    mesh: MeshHandle,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl MeshNode {
+    /// Starts the network on `udp` (driven by `runtime`), serving the router behind
+    /// `router`, whose network outputs arrive on `outputs`.
+    pub fn start(
+        config: MeshConfig,
+        key: SecretKey,
+        router: RouterHandle,
+        outputs: mpsc::UnboundedReceiver<Output>,
+        udp: Arc<dyn AsyncUdpSocket>,
+        runtime: Arc<dyn quinn::Runtime>,
+    ) -> Result<MeshNode, NetError> {
+        let routes = Arc::new(Routes::default());
+        let (link, relay_driver): (Arc<dyn RelayLink>, _) = match &config.relay {
+            Some(rc) => {
+                let (sender, driver) = relay_link(rc.clone(), key.clone());
+                (Arc::new(sender), Some(driver))
+            }
+            None => (Arc::new(NoRelay), None),
+        };
+        let (socket, mesh, diverted) = MeshSocket::new(udp, routes.clone(), link);
+        let mut ep_config = EndpointConfig::default();
+        ep_config.grease_quic_bit(false);
+        let endpoint = Endpoint::new_with_abstract_socket(
+            ep_config,
+            Some(peers::server_config(&key)?),
+            Arc::new(socket),
+            runtime,
+        )?;
+        let mut tasks = Vec::new();
+        let (relay_tx, relay_rx) = mpsc::channel(1024);
+        let relay = relay_driver.map(|d| d.spawn(mesh.clone(), relay_rx));
+        let relay_tier = relay.as_ref().map(|_| Tier::RelayUdp);
+        let (paths, intro_rx, change_rx) = Paths::new(
+            key.clone(),
+            routes.clone(),
+            mesh.clone(),
+            config.path.clone(),
+            relay_tier,
+        );
+        tasks.push(tokio::spawn(paths.clone().run()));
+        let sessions = Sessions::new(
+            endpoint.clone(),
+            key.clone(),
+            routes,
+            router.clone(),
+            paths.clone(),
+        );
+        tasks.push(tokio::spawn(sessions.clone().accept_loop()));
+        let (rdv_tx, rdv_rx) = mpsc::unbounded_channel();
+        let rendezvous = config.rendezvous.as_ref().map(|rc| {
+            let link = RendezvousLink::new(
+                rc.clone(),
+                endpoint.clone(),
+                key.clone(),
+                router.clone(),
+                paths.clone(),
+                config.relay.as_ref().map(|r| r.udp_addr.to_string()),
+            );
+            tasks.push(tokio::spawn(link.clone().run(rdv_rx)));
+            link
+        });
+        let mut servers: Vec<SocketAddr> = config.rendezvous.iter().map(|r| r.addr).collect();
+        servers.extend(config.stun_servers.iter().copied());
+        let reflexive = Reflexive::new(servers, mesh.clone(), config.restun_interval);
+        let view = reflexive.view();
+        let portmap = if config.upnp {
+            start_portmap(&mesh, view.clone(), reflexive.kick(), &mut tasks)
+        } else {
+            None
+        };
+        let (stun_tx, stun_rx) = mpsc::channel(64);
+        let publish_tx = rdv_tx.clone();
+        tasks.push(tokio::spawn(reflexive.run(
+            stun_rx,
+            move |c| {
+                let _ = publish_tx.send(Command::Candidates(c));
+            },
+            paths.clone(),
+        )));
+        tasks.push(tokio::spawn(dispatch_diverted(
+            diverted,
+            paths.clone(),
+            relay_tx,
+            stun_tx,
+        )));
+        tasks.push(tokio::spawn(dispatch_outputs(
+            outputs,
+            sessions.clone(),
+            router.clone(),
+            rdv_tx.clone(),
+            rendezvous.is_some(),
+        )));
+        tasks.push(tokio::spawn(forward_intros(intro_rx, rdv_tx)));
+        let node = MeshNode {
+            endpoint,
+            sessions,
+            paths,
+            relay,
+            rendezvous,
+            portmap,
+            view,
+            mesh,
+            tasks,
+        };
+        let feed = node.status_feed(router, change_rx);
+        let mut node = node;
+        node.tasks.push(feed);
+        Ok(node)
+    }
+
+    /// The network's view for `status`: NAT class, addresses, relay, per-peer paths.
+    pub fn status(&self) -> Value {
+        self.sources().build()
+    }
+
+    fn sources(&self) -> status::Sources {
+        status::Sources {
+            view: self.view.clone(),
+            paths: self.paths.clone(),
+            sessions: self.sessions.clone(),
+            relay: self.relay.as_ref().map(|r| r.watch()),
+            rendezvous: self.rendezvous.clone(),
+            mesh: self.mesh.clone(),
+        }
+    }
+
+    /// The peer sessions.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// The path finder.
+    pub fn paths(&self) -> &Arc<Paths> {
+        &self.paths
+    }
+
+    fn status_feed(
+        &self,
+        router: RouterHandle,
+        mut changes: mpsc::UnboundedReceiver<PathChange>,
+    ) -> JoinHandle<()> {
+        let sources = self.sources();
+        let paths = self.paths.clone();
+        let mut relay = self.relay.as_ref().map(|r| r.watch());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut transport = None;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    Some(()) = relay_changed(&mut relay) => {
+                        let now = relay.as_ref().and_then(|r| r.borrow().transport);
+                        if now.is_some() && now != transport {
+                            transport = now;
+                            paths.set_relay_tier(now.map(|t| t.tier()));
+                        }
+                    }
+                    change = changes.recv() => match change {
+                        Some(c) => {
+                            let event = path_event(&c);
+                            router.apply(|r, _| r.path_changed(event));
+                        }
+                        None => return,
+                    },
+                }
+                let net = sources.build();
+                router.apply(|r, _| {
+                    r.set_net_status(net);
+                    Vec::new()
+                });
+            }
+        })
+    }
+
+    /// Closes sessions and the endpoint, and stops every task.
+    pub async fn shutdown(self) {
+        self.sessions.close_all();
+        self.endpoint.close(0u32.into(), b"shutdown");
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(relay) = self.relay {
+            relay.shutdown().await;
+        }
+        if let Some(portmap) = self.portmap {
+            portmap.shutdown().await;
+        }
+    }
+}
+
+async fn relay_changed(relay: &mut Option<watch::Receiver<RelayLinkStatus>>) -> Option<()> {
+    match relay {
+        Some(r) => r.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Maps the socket's port on the router (IPv4 only); the external address, when it
+/// comes, joins the candidates at once.
+fn start_portmap(
+    mesh: &MeshHandle,
+    view: Arc<Mutex<SelfView>>,
+    kick: Arc<tokio::sync::Notify>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Option<PortMapper> {
+    let local = mesh.local_addr().ok()?;
+    let bind_ip = match local.ip() {
+        std::net::IpAddr::V4(v4) if !v4.is_loopback() => v4,
+        _ => return None,
+    };
+    let config = PortMapperConfig {
+        bind_ip: (!bind_ip.is_unspecified()).then_some(bind_ip),
+        ..PortMapperConfig::default()
+    };
+    let mapper = PortMapper::spawn(local.port(), config);
+    let mut external = mapper.external();
+    tasks.push(tokio::spawn(async move {
+        while external.changed().await.is_ok() {
+            let mapped = *external.borrow();
+            if let Ok(mut v) = view.lock() {
+                v.upnp = mapped;
+            }
+            kick.notify_one();
+        }
+    }));
+    Some(mapper)
+}
+
+fn path_event(c: &PathChange) -> Value {
+    let (path, addr) = match c.path {
+        Path::Direct(a) => ("direct", Some(a.to_string())),
+        Path::Relay => ("relay", None),
+    };
+    json!({
+        "node": c.node,
+        "path": path,
+        "tier": c.tier.name(),
+        "addr": addr,
+        "rtt_ms": c.rtt.map(|d| d.as_secs_f64() * 1e3),
+    })
+}
+
+async fn dispatch_diverted(
+    mut diverted: mpsc::Receiver<Diverted>,
+    paths: Arc<Paths>,
+    relay: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    stun: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+) {
+    while let Some(d) = diverted.recv().await {
+        match d.kind {
+            Kind::Probe => paths.handle_probe(d.src, &d.data),
+            Kind::Relay => {
+                let _ = relay.try_send((d.src, d.data));
+            }
+            Kind::Stun => {
+                let _ = stun.try_send((d.src, d.data));
+            }
+            Kind::Quic | Kind::Unknown => debug!(len = d.data.len(), "datagram dropped"),
+        }
+    }
+}
+
+async fn dispatch_outputs(
+    mut outputs: mpsc::UnboundedReceiver<Output>,
+    sessions: Arc<Sessions>,
+    router: RouterHandle,
+    rendezvous: mpsc::UnboundedSender<Command>,
+    has_rendezvous: bool,
+) {
+    while let Some(out) = outputs.recv().await {
+        match out {
+            Output::Peer { node, msg } => sessions.send(node, *msg),
+            Output::Lookup(l) if !has_rendezvous => {
+                let error = ErrorObject::new(
+                    ErrorCode::DependencyFailed,
+                    "no rendezvous is configured: only local agents can be found",
+                );
+                router.apply(|r, now| r.lookup_done(now, l.token, Err(error)));
+            }
+            Output::Lookup(l) => {
+                let _ = rendezvous.send(Command::Lookup(l));
+            }
+            Output::Announce(a) => {
+                let _ = rendezvous.send(Command::Announce(a));
+            }
+            Output::Send { .. } => {} // local; the API server delivers these
+        }
+    }
+}
+
+async fn forward_intros(
+    mut intros: mpsc::UnboundedReceiver<agentmesh_proto::NodeId>,
+    rendezvous: mpsc::UnboundedSender<Command>,
+) {
+    while let Some(node) = intros.recv().await {
+        let _ = rendezvous.send(Command::Introduce(node));
+    }
+}

@@ -1,0 +1,457 @@
+//! The path finder's driver: one sans-IO [`PeerPath`] per peer node, fed with probes
+//! from the socket, introductions from the rendezvous and timers; its probes go out on
+//! the daemon's socket and its decisions land in the [`Routes`] table that the QUIC
+//! socket reads, so a peer's connection moves between relay and direct on its own.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use agentmesh_proto::rendezvous::Introduction;
+use agentmesh_proto::{ErrorCode, ErrorObject, NodeId, SecretKey};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, info};
+
+use super::mesh_socket::MeshHandle;
+use super::peer_path::{PathConfig, PathEvent, PeerPath, Tier};
+use super::peers::PathSetup;
+use super::probe;
+use super::punch::CandidateKind;
+use super::routes::{Path, Routes};
+
+/// How long a peer without a relay may take to get a direct path before dialing fails.
+pub const DIRECT_WAIT: Duration = Duration::from_secs(8);
+
+/// Least time between two introductions asked for the same peer.
+const INTRO_SPACING: Duration = Duration::from_secs(3);
+
+/// A peer's path changed (for status, `path` events and metrics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathChange {
+    /// The peer.
+    pub node: NodeId,
+    /// The new route.
+    pub path: Path,
+    /// How it was obtained.
+    pub tier: Tier,
+    /// Round-trip time of the probe that proved a direct path.
+    pub rtt: Option<Duration>,
+}
+
+/// What is known about one peer's path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerPathInfo {
+    /// The peer.
+    pub node: NodeId,
+    /// Its current route.
+    pub path: Path,
+    /// Its tier.
+    pub tier: Tier,
+    /// Probe RTT of the direct path, if direct.
+    pub rtt: Option<Duration>,
+    /// Direct paths found for it so far.
+    pub punch_successes: u64,
+    /// Introductions (punch attempts) for it so far.
+    pub punch_attempts: u64,
+}
+
+struct Entry {
+    path: PeerPath,
+    info: PeerPathInfo,
+    last_intro_asked: Option<Instant>,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+struct Table {
+    peers: HashMap<NodeId, Entry>,
+    intros_seen: HashSet<u64>,
+    relay_tier: Option<Tier>,
+    seed: u64,
+}
+
+/// The daemon's path finder.
+pub struct Paths {
+    me: NodeId,
+    key: SecretKey,
+    routes: Arc<Routes>,
+    mesh: MeshHandle,
+    config: PathConfig,
+    table: Mutex<Table>,
+    wake: Notify,
+    introduce: mpsc::UnboundedSender<NodeId>,
+    changes: mpsc::UnboundedSender<PathChange>,
+}
+
+/// Reads the clock the way the rest of the driver does (tokio's, virtual in simulations).
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Paths {
+    /// A path finder sending probes through `mesh`; `relay_tier` is `None` when the
+    /// daemon has no relay. Introduction requests come out of `introduce`, path changes
+    /// out of `changes`.
+    pub fn new(
+        key: SecretKey,
+        routes: Arc<Routes>,
+        mesh: MeshHandle,
+        config: PathConfig,
+        relay_tier: Option<Tier>,
+    ) -> (
+        Arc<Self>,
+        mpsc::UnboundedReceiver<NodeId>,
+        mpsc::UnboundedReceiver<PathChange>,
+    ) {
+        let (introduce, intro_rx) = mpsc::unbounded_channel();
+        let (changes, change_rx) = mpsc::unbounded_channel();
+        let me = key.node_id();
+        let paths = Arc::new(Paths {
+            me,
+            key,
+            routes,
+            mesh,
+            config,
+            table: Mutex::new(Table {
+                peers: HashMap::new(),
+                intros_seen: HashSet::new(),
+                relay_tier,
+                seed: u64::from_le_bytes(me.as_bytes()[..8].try_into().unwrap_or([7; 8])),
+            }),
+            wake: Notify::new(),
+            introduce,
+            changes,
+        });
+        (paths, intro_rx, change_rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes sure `node` has a path entry (relayed until punched).
+    fn ensure(&self, node: NodeId) {
+        let mut t = self.lock();
+        if t.peers.contains_key(&node) {
+            return;
+        }
+        t.seed = t.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let tier = t.relay_tier.unwrap_or(Tier::RelayUdp);
+        let path = PeerPath::new(now(), self.config.clone(), tier, t.seed);
+        let info = PeerPathInfo {
+            node,
+            path: Path::Relay,
+            tier,
+            rtt: None,
+            punch_successes: 0,
+            punch_attempts: 0,
+        };
+        t.peers.insert(
+            node,
+            Entry {
+                path,
+                info,
+                last_intro_asked: None,
+                waiters: Vec::new(),
+            },
+        );
+        drop(t);
+        if self.has_relay() {
+            self.routes.set_path(node, Path::Relay);
+        }
+        self.wake.notify_one();
+    }
+
+    fn has_relay(&self) -> bool {
+        self.lock().relay_tier.is_some()
+    }
+
+    /// The relay link's transport changed (or the link came or went).
+    pub fn set_relay_tier(&self, tier: Option<Tier>) {
+        let mut t = self.lock();
+        t.relay_tier = tier;
+        if let Some(tier) = tier {
+            for e in t.peers.values_mut() {
+                e.path.set_relay_tier(tier);
+            }
+        }
+        drop(t);
+        self.wake.notify_one();
+    }
+
+    /// A probe datagram arrived from `src`.
+    pub fn handle_probe(&self, src: SocketAddr, datagram: &[u8]) {
+        let (node, body) = match probe::decode(&self.key, datagram) {
+            Ok(x) => x,
+            Err(e) => return debug!(error = %e, "probe dropped"),
+        };
+        self.ensure(node);
+        self.routes.note_source(node, src);
+        if let Some(e) = self.lock().peers.get_mut(&node) {
+            e.path.handle_probe(now(), src, body);
+        }
+        self.wake.notify_one();
+    }
+
+    /// The rendezvous introduced us to a peer (signature already checked by the client).
+    pub fn handle_introduction(&self, intro: &Introduction) {
+        if intro.to != self.me || intro.peer == self.me {
+            return;
+        }
+        if !self.lock().intros_seen.insert(intro.id) {
+            return;
+        }
+        self.ensure(intro.peer);
+        let start = now() + Duration::from_millis(intro.start_in_ms);
+        let candidates = candidate_kinds(&intro.peer_candidates);
+        debug!(peer = %intro.peer.short(), ?candidates, "introduction");
+        if let Some(e) = self.lock().peers.get_mut(&intro.peer) {
+            e.info.punch_attempts += 1;
+            let session = punch_session(intro, self.me);
+            e.path.handle_introduction(session, candidates, start);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Our addresses changed: every direct path may be gone.
+    pub fn network_changed(&self) {
+        let t = now();
+        for e in self.lock().peers.values_mut() {
+            e.path.network_changed(t);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Every peer's path.
+    pub fn info(&self) -> Vec<PeerPathInfo> {
+        self.lock().peers.values().map(|e| e.info.clone()).collect()
+    }
+
+    /// Drives timers and sends probes, until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let next = self.flush();
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                }
+                None => self.wake.notified().await,
+            }
+        }
+    }
+
+    /// Runs due timers, sends probes, applies events; returns the next deadline.
+    fn flush(&self) -> Option<Instant> {
+        let t = now();
+        let mut table = self.lock();
+        let mut next: Option<Instant> = None;
+        let mut sends = Vec::new();
+        let mut changes = Vec::new();
+        let mut intros = Vec::new();
+        for (node, e) in table.peers.iter_mut() {
+            if e.path.poll_timeout().is_some_and(|at| at <= t) {
+                e.path.handle_timeout(t);
+            }
+            while let Some(tx) = e.path.poll_transmit() {
+                sends.push((*node, tx));
+            }
+            while let Some(ev) = e.path.poll_event() {
+                match ev {
+                    PathEvent::Changed { path, tier, rtt } => {
+                        e.info.path = path;
+                        e.info.tier = tier;
+                        e.info.rtt = rtt;
+                        if tier.is_direct() {
+                            e.info.punch_successes += 1;
+                            e.waiters.drain(..).for_each(|w| {
+                                let _ = w.send(());
+                            });
+                        }
+                        changes.push(PathChange {
+                            node: *node,
+                            path,
+                            tier,
+                            rtt,
+                        });
+                    }
+                    PathEvent::WantIntroduction => {
+                        let due = e
+                            .last_intro_asked
+                            .is_none_or(|last| t.saturating_duration_since(last) >= INTRO_SPACING);
+                        if due {
+                            e.last_intro_asked = Some(t);
+                            intros.push(*node);
+                        }
+                    }
+                }
+            }
+            if let Some(at) = e.path.poll_timeout() {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        let relay = table.relay_tier.is_some();
+        drop(table);
+        for (node, tx) in sends {
+            match probe::encode(&self.key, node, &tx.body) {
+                Ok(bytes) => {
+                    let _ = self.mesh.send_raw(tx.dst, &bytes);
+                }
+                Err(e) => debug!(error = %e, "probe not sealed"),
+            }
+        }
+        for c in changes {
+            if c.path != Path::Relay || relay {
+                self.routes.set_path(c.node, c.path);
+            }
+            info!(peer = %c.node.short(), tier = %c.tier, "peer path");
+            let _ = self.changes.send(c);
+        }
+        for node in intros {
+            let _ = self.introduce.send(node);
+        }
+        next
+    }
+}
+
+impl PathSetup for Paths {
+    fn prepare(
+        &self,
+        node: NodeId,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ErrorObject>> + Send>> {
+        self.ensure(node);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut t = self.lock();
+            let relay = t.relay_tier.is_some();
+            match t.peers.get_mut(&node) {
+                Some(e) if relay || e.info.tier.is_direct() => {
+                    let _ = tx.send(());
+                }
+                Some(e) => e.waiters.push(tx),
+                None => {}
+            }
+        }
+        Box::pin(async move {
+            match tokio::time::timeout(DIRECT_WAIT, rx).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(ErrorObject::new(
+                    ErrorCode::AgentUnavailable,
+                    format!(
+                        "no direct path to node {} within {} s and no relay configured",
+                        node.short(),
+                        DIRECT_WAIT.as_secs()
+                    ),
+                )),
+            }
+        })
+    }
+
+    fn incoming(&self, node: NodeId) {
+        self.ensure(node);
+    }
+}
+
+/// The punch session both sides of an introduction agree on without talking: each
+/// side's introduction has its own id, but the start moment and the pair are shared.
+/// Never 0 (the keepalive session).
+fn punch_session(intro: &Introduction, me: NodeId) -> u64 {
+    let (lo, hi) = if me < intro.peer {
+        (me, intro.peer)
+    } else {
+        (intro.peer, me)
+    };
+    let fold = |n: NodeId| {
+        n.as_bytes().chunks(8).fold(0u64, |acc, c| {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            acc.rotate_left(17) ^ u64::from_le_bytes(b)
+        })
+    };
+    let s = intro.start_at_unix_ms.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ fold(lo)
+        ^ fold(hi).rotate_left(32);
+    s.max(1)
+}
+
+/// Guesses what each of a peer's candidate addresses is: private and loopback
+/// addresses are its interfaces; public ones are reflexive, except a run of ports just
+/// above the first public address on the same IP, which are port predictions for a
+/// sequential symmetric NAT. (The rendezvous carries bare addresses.)
+pub fn candidate_kinds(addrs: &[SocketAddr]) -> Vec<(SocketAddr, CandidateKind)> {
+    let mut out: Vec<(SocketAddr, CandidateKind)> = Vec::new();
+    let first_public = addrs.iter().find(|a| !is_private(a.ip())).copied();
+    for a in addrs {
+        if out.iter().any(|(b, _)| b == a) {
+            continue;
+        }
+        let kind = if is_private(a.ip()) {
+            CandidateKind::Local
+        } else {
+            match first_public {
+                Some(f) if f.ip() == a.ip() && a.port() > f.port() && a.port() - f.port() <= 64 => {
+                    CandidateKind::Predicted
+                }
+                _ => CandidateKind::Reflexive,
+            }
+        };
+        out.push((*a, kind));
+    }
+    let predicted = out
+        .iter()
+        .filter(|(_, k)| *k == CandidateKind::Predicted)
+        .count();
+    if predicted < 4 {
+        // Too few to be a prediction run: a second reflexive or mapped address.
+        for (_, k) in out.iter_mut() {
+            if *k == CandidateKind::Predicted {
+                *k = CandidateKind::Reflexive;
+            }
+        }
+    }
+    out
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.is_unicast_link_local()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidate_kinds_are_inferred() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let mut list = vec![
+            a("203.0.113.5:4000"),
+            a("10.0.0.2:5000"),
+            a("203.0.113.5:4000"),
+        ];
+        let kinds = candidate_kinds(&list);
+        assert_eq!(
+            kinds,
+            vec![
+                (a("203.0.113.5:4000"), CandidateKind::Reflexive),
+                (a("10.0.0.2:5000"), CandidateKind::Local)
+            ]
+        );
+        list.extend((1..=8).map(|i| a(&format!("203.0.113.5:{}", 4000 + i))));
+        let kinds = candidate_kinds(&list);
+        assert_eq!(kinds.len(), 10);
+        assert!(kinds[2..]
+            .iter()
+            .all(|(_, k)| *k == CandidateKind::Predicted));
+        let two = candidate_kinds(&[a("203.0.113.5:4000"), a("203.0.113.5:4001")]);
+        assert!(two.iter().all(|(_, k)| *k == CandidateKind::Reflexive));
+    }
+}

@@ -1,0 +1,459 @@
+//! QUIC sessions between daemons: one connection per peer node (certificates bound to
+//! node keys, the peer's id pinned when we dial and read from its certificate when it
+//! dials us), carrying the router's [`PeerMsg`]s as `proto::peer` frames.
+//!
+//! Each task rides its own bidirectional stream: the requester's daemon opens it with
+//! the request, later `continue`s follow on it; the responder's daemon answers on it
+//! and finishes it with the final state. A cancel resets it with `STREAM_CANCELED`.
+//! Events ride one-way streams. Messages for one node pass through one worker, in the
+//! order the router produced them; each stream has its own writer task.
+
+mod frames;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use agentmesh_proto::peer::{
+    OnewayFrame, RequesterFrame, ResponderFrame, STREAM_CANCELED, STREAM_SHUTDOWN,
+};
+use agentmesh_proto::{ErrorCode, ErrorObject, NodeId, SecretKey};
+use agentmesh_tlsid::{ServerPin, ALPN_PEER, SERVER_NAME};
+use quinn::{Connection, Endpoint, VarInt};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+pub use frames::{FrameReader, StreamError, WriteCmd, MAX_PEER_FRAME};
+
+use super::routes::Routes;
+use crate::api::RouterHandle;
+use crate::router::PeerMsg;
+
+/// How long dialing a peer may take before its tasks fail.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most concurrent task streams per connection and direction.
+pub const MAX_STREAMS: u32 = 4096;
+
+/// Prepares the way to a peer before it is dialed, and learns of peers that dial us.
+pub trait PathSetup: Send + Sync + 'static {
+    /// Makes a route to `node` usable (the relay at once where there is one, punching in
+    /// the background); fails when there is no way to reach it.
+    fn prepare(
+        &self,
+        node: NodeId,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ErrorObject>> + Send>>;
+    /// `node` connected to us.
+    fn incoming(&self, node: NodeId);
+}
+
+/// A peer connection's traffic, for status and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// The peer.
+    pub node: NodeId,
+    /// QUIC's smoothed round-trip time.
+    pub rtt: Duration,
+    /// UDP bytes sent on the connection.
+    pub bytes_sent: u64,
+    /// UDP bytes received on the connection.
+    pub bytes_received: u64,
+}
+
+type StreamKey = (NodeId, String);
+
+/// The daemon's peer sessions.
+pub struct Sessions {
+    endpoint: Endpoint,
+    key: SecretKey,
+    routes: Arc<Routes>,
+    router: RouterHandle,
+    paths: Arc<dyn PathSetup>,
+    conns: Mutex<HashMap<NodeId, Connection>>,
+    workers: Mutex<HashMap<NodeId, mpsc::UnboundedSender<PeerMsg>>>,
+    streams: Mutex<HashMap<StreamKey, mpsc::UnboundedSender<WriteCmd>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unreachable(node: NodeId, why: impl std::fmt::Display) -> ErrorObject {
+    ErrorObject::new(
+        ErrorCode::AgentUnavailable,
+        format!("node {} is unreachable: {why}", node.short()),
+    )
+}
+
+impl Sessions {
+    /// Sessions on `endpoint` (which must have a server config for [`ALPN_PEER`]).
+    pub fn new(
+        endpoint: Endpoint,
+        key: SecretKey,
+        routes: Arc<Routes>,
+        router: RouterHandle,
+        paths: Arc<dyn PathSetup>,
+    ) -> Arc<Self> {
+        Arc::new(Sessions {
+            endpoint,
+            key,
+            routes,
+            router,
+            paths,
+            conns: Mutex::new(HashMap::new()),
+            workers: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Hands a router message for `node` to that node's worker.
+    pub fn send(self: &Arc<Self>, node: NodeId, msg: PeerMsg) {
+        let mut workers = lock(&self.workers);
+        let tx = workers.entry(node).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(self.clone().worker(node, rx));
+            tx
+        });
+        if tx.send(msg).is_err() {
+            workers.remove(&node);
+        }
+    }
+
+    /// Serves connections peers open to us, until the endpoint closes.
+    pub async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => return debug!(error = %e, "incoming peer handshake failed"),
+                };
+                let Some(node) = peer_of(&conn) else {
+                    return conn.close(VarInt::from_u32(1), b"not a peer connection");
+                };
+                me.paths.incoming(node);
+                me.adopt(node, conn);
+            });
+        }
+    }
+
+    /// Traffic of every live connection.
+    pub fn info(&self) -> Vec<SessionInfo> {
+        lock(&self.conns)
+            .iter()
+            .map(|(node, c)| {
+                let s = c.stats();
+                SessionInfo {
+                    node: *node,
+                    rtt: c.rtt(),
+                    bytes_sent: s.udp_tx.bytes,
+                    bytes_received: s.udp_rx.bytes,
+                }
+            })
+            .collect()
+    }
+
+    /// The live connection to `node`, if any.
+    pub fn connection(&self, node: &NodeId) -> Option<Connection> {
+        lock(&self.conns)
+            .get(node)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    /// Closes every session (daemon shutdown).
+    pub fn close_all(&self) {
+        for (_, c) in lock(&self.conns).drain() {
+            c.close(VarInt::from_u32(STREAM_SHUTDOWN), b"daemon shutting down");
+        }
+    }
+
+    async fn worker(self: Arc<Self>, node: NodeId, mut rx: mpsc::UnboundedReceiver<PeerMsg>) {
+        while let Some(msg) = rx.recv().await {
+            match self.connect(node).await {
+                Ok(conn) => self.dispatch(node, &conn, msg).await,
+                Err(error) => {
+                    warn!(peer = %node.short(), error = %error.message, "cannot reach peer");
+                    while rx.try_recv().is_ok() {} // doomed like this one
+                    self.router
+                        .apply(|r, now| r.peer_unreachable(now, node, error.clone()));
+                }
+            }
+        }
+    }
+
+    async fn connect(self: &Arc<Self>, node: NodeId) -> Result<Connection, ErrorObject> {
+        if let Some(c) = self.connection(&node) {
+            return Ok(c);
+        }
+        self.paths.prepare(node).await?;
+        let config = agentmesh_tlsid::quinn_client_config(
+            Some(&self.key),
+            ServerPin::Node(node),
+            &[ALPN_PEER],
+        )
+        .map_err(|e| unreachable(node, e))?;
+        let config = with_stream_limits(config);
+        let addr = self.routes.virtual_addr(node);
+        let connecting = self
+            .endpoint
+            .connect_with(config, addr, SERVER_NAME)
+            .map_err(|e| unreachable(node, e))?;
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(unreachable(node, e)),
+            Err(_) => return Err(unreachable(node, "no QUIC handshake within 10 s")),
+        };
+        Ok(self.adopt(node, conn))
+    }
+
+    /// Records a connection (keeping an older live one as the one we send on) and
+    /// serves the streams the peer opens on it.
+    fn adopt(self: &Arc<Self>, node: NodeId, conn: Connection) -> Connection {
+        let chosen = {
+            let mut conns = lock(&self.conns);
+            match conns.get(&node).filter(|c| c.close_reason().is_none()) {
+                Some(live) => live.clone(),
+                None => {
+                    conns.insert(node, conn.clone());
+                    conn.clone()
+                }
+            }
+        };
+        tokio::spawn(self.clone().serve(node, conn));
+        chosen
+    }
+
+    async fn serve(self: Arc<Self>, node: NodeId, conn: Connection) {
+        loop {
+            tokio::select! {
+                bi = conn.accept_bi() => match bi {
+                    Ok((send, recv)) => {
+                        tokio::spawn(self.clone().serve_task_stream(node, send, recv));
+                    }
+                    Err(_) => break,
+                },
+                uni = conn.accept_uni() => match uni {
+                    Ok(recv) => {
+                        tokio::spawn(self.clone().serve_event_stream(node, recv));
+                    }
+                    Err(_) => break,
+                },
+            }
+        }
+        let reason = conn
+            .close_reason()
+            .map_or_else(|| "closed".to_string(), |r| r.to_string());
+        debug!(peer = %node.short(), %reason, "peer connection ended");
+        let was_current = {
+            let mut conns = lock(&self.conns);
+            let current = conns
+                .get(&node)
+                .is_some_and(|c| c.stable_id() == conn.stable_id());
+            if current {
+                conns.remove(&node);
+            }
+            current
+        };
+        if was_current {
+            let error = unreachable(node, format!("the connection ended ({reason})"));
+            self.router
+                .apply(|r, now| r.peer_unreachable(now, node, error));
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, node: NodeId, conn: &Connection, msg: PeerMsg) {
+        let task = msg.task_id().map(str::to_string);
+        match (msg, task) {
+            (PeerMsg::Requester(RequesterFrame::Open(env)), Some(task)) => {
+                self.open_task(node, conn, task, RequesterFrame::Open(env))
+                    .await;
+            }
+            (PeerMsg::Requester(frame), Some(task)) => self.write(node, &task, &frame, false),
+            (PeerMsg::Responder(frame @ ResponderFrame::Final(_)), Some(task)) => {
+                self.write(node, &task, &frame, true);
+            }
+            (PeerMsg::Responder(frame), Some(task)) => self.write(node, &task, &frame, false),
+            (PeerMsg::Cancel { .. }, Some(task)) => {
+                if let Some(w) = lock(&self.streams).remove(&(node, task)) {
+                    let _ = w.send(WriteCmd::Reset(STREAM_CANCELED));
+                }
+            }
+            (PeerMsg::Event(frame), _) => {
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = send_event(&conn, &frame).await {
+                        debug!(error = %e, "event not delivered");
+                    }
+                });
+            }
+            (msg, None) => warn!(?msg, "peer message without a task id dropped"),
+        }
+    }
+
+    async fn open_task(
+        self: &Arc<Self>,
+        node: NodeId,
+        conn: &Connection,
+        task: String,
+        open: RequesterFrame,
+    ) {
+        let (send, recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                let error = unreachable(node, e);
+                return self
+                    .router
+                    .apply(|r, now| r.peer_unreachable(now, node, error));
+            }
+        };
+        let writer = frames::spawn_writer(send);
+        lock(&self.streams).insert((node, task.clone()), writer);
+        self.write(node, &task, &open, false);
+        tokio::spawn(
+            self.clone()
+                .read_responses(node, task, FrameReader::new(recv)),
+        );
+    }
+
+    fn write<T: serde::Serialize>(&self, node: NodeId, task: &str, frame: &T, last: bool) {
+        let bytes = match frames::encode(frame) {
+            Ok(b) => b,
+            Err(e) => return warn!(error = %e, "peer frame not encodable; dropped"),
+        };
+        let key = (node, task.to_string());
+        let mut streams = lock(&self.streams);
+        let writer = if last {
+            streams.remove(&key)
+        } else {
+            streams.get(&key).cloned()
+        };
+        match writer {
+            Some(w) => {
+                let cmd = if last {
+                    WriteCmd::Last(bytes)
+                } else {
+                    WriteCmd::Frame(bytes)
+                };
+                let _ = w.send(cmd);
+            }
+            None => debug!(task, "no stream for this task any more; frame dropped"),
+        }
+    }
+
+    /// Requester side: the responder's frames for one task.
+    async fn read_responses(self: Arc<Self>, node: NodeId, task: String, mut rd: FrameReader) {
+        loop {
+            match rd.next::<ResponderFrame>().await {
+                Ok(Some(frame)) => {
+                    let msg = PeerMsg::Responder(frame);
+                    self.router.apply(|r, now| r.handle_peer(now, node, msg));
+                }
+                Ok(None) => break,
+                Err(StreamError::Reset { code }) if code == u64::from(STREAM_CANCELED) => {
+                    let task_id = task.clone();
+                    self.router
+                        .apply(|r, now| r.handle_peer(now, node, PeerMsg::Cancel { task_id }));
+                    break;
+                }
+                Err(e) => {
+                    debug!(task, error = %e, "task stream ended");
+                    break;
+                }
+            }
+        }
+        lock(&self.streams).remove(&(node, task));
+    }
+
+    /// Responder side: a stream the requester opened for one task.
+    async fn serve_task_stream(
+        self: Arc<Self>,
+        node: NodeId,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        let mut rd = FrameReader::new(recv);
+        let open = match rd.next::<RequesterFrame>().await {
+            Ok(Some(RequesterFrame::Open(env))) => env,
+            Ok(_) => return debug!("task stream did not start with a request"),
+            Err(e) => return debug!(error = %e, "task stream failed before its request"),
+        };
+        let Some(task) = open.task_id.clone() else {
+            return debug!("request without a task id");
+        };
+        lock(&self.streams).insert((node, task.clone()), frames::spawn_writer(send));
+        let msg = PeerMsg::Requester(RequesterFrame::Open(open));
+        self.router.apply(|r, now| r.handle_peer(now, node, msg));
+        loop {
+            match rd.next::<RequesterFrame>().await {
+                Ok(Some(frame)) => {
+                    let msg = PeerMsg::Requester(frame);
+                    self.router.apply(|r, now| r.handle_peer(now, node, msg));
+                }
+                Ok(None) => return, // the requester has nothing more to say
+                Err(StreamError::Reset { code }) if code == u64::from(STREAM_CANCELED) => {
+                    lock(&self.streams).remove(&(node, task.clone()));
+                    let task_id = task.clone();
+                    return self
+                        .router
+                        .apply(|r, now| r.handle_peer(now, node, PeerMsg::Cancel { task_id }));
+                }
+                Err(e) => return debug!(task, error = %e, "task stream ended"),
+            }
+        }
+    }
+
+    async fn serve_event_stream(self: Arc<Self>, node: NodeId, recv: quinn::RecvStream) {
+        let mut rd = FrameReader::new(recv);
+        while let Ok(Some(frame)) = rd.next::<OnewayFrame>().await {
+            let msg = PeerMsg::Event(frame);
+            self.router.apply(|r, now| r.handle_peer(now, node, msg));
+        }
+    }
+}
+
+async fn send_event(conn: &Connection, frame: &OnewayFrame) -> Result<(), String> {
+    let bytes = frames::encode(frame).map_err(|e| e.to_string())?;
+    let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
+    send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())
+}
+
+fn peer_of(conn: &Connection) -> Option<NodeId> {
+    let alpn = conn
+        .handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol?;
+    if alpn != ALPN_PEER {
+        return None;
+    }
+    agentmesh_tlsid::peer_node_id_quic(conn).ok()
+}
+
+/// Raises quinn's default of 100 concurrent streams: every in-flight task is a stream.
+pub fn with_stream_limits(mut config: quinn::ClientConfig) -> quinn::ClientConfig {
+    config.transport_config(Arc::new(transport()));
+    config
+}
+
+/// The transport settings of peer sessions.
+pub fn transport() -> quinn::TransportConfig {
+    let mut t = agentmesh_tlsid::transport_config();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_uni_streams(VarInt::from_u32(MAX_STREAMS));
+    t
+}
+
+/// The server config for peer sessions: clients must present a node certificate.
+pub fn server_config(key: &SecretKey) -> Result<quinn::ServerConfig, agentmesh_tlsid::TlsIdError> {
+    let mut config = agentmesh_tlsid::quinn_server_config(
+        key,
+        agentmesh_tlsid::ClientAuth::RequireNodeCert,
+        &[ALPN_PEER],
+    )?;
+    config.transport_config(Arc::new(transport()));
+    Ok(config)
+}
