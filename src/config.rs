@@ -10,6 +10,9 @@ use crate::api::socket_path::default_socket_path;
 /// Default configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/agentmesh/agentmeshd.toml";
 
+/// Default admin (metrics) listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:7947";
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -61,6 +64,10 @@ pub struct DaemonConfig {
     pub stun_servers: Vec<String>,
     /// Ask the router for a UPnP IGD port mapping.
     pub upnp: bool,
+    /// Admin HTTP listener serving `GET /metrics` (Prometheus text), `host:port` with a
+    /// literal IP; keep it on loopback. Default `127.0.0.1:7947`; `""` disables it. If
+    /// the port is taken (another daemon on the host) the daemon runs without it.
+    pub admin: Option<String>,
     /// The rendezvous to join (none: a single-host daemon).
     pub rendezvous: Option<RendezvousSection>,
     /// The blind relay (none: direct paths only).
@@ -113,6 +120,7 @@ impl Default for DaemonConfig {
             listen: "0.0.0.0:0".into(),
             stun_servers: Vec::new(),
             upnp: true,
+            admin: Some(DEFAULT_ADMIN.into()),
             rendezvous: None,
             relay: None,
         }

@@ -10,10 +10,12 @@ use std::time::Duration;
 use agentmesh_proto::keyfile::{self, KeyFileError};
 use agentmesh_proto::{NodeId, SecretKey};
 use quinn::{AsyncUdpSocket, TokioRuntime};
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::api::{ApiConfig, ApiServer, ServeError};
+use crate::api::{ApiConfig, ApiServer, RouterHandle, ServeError};
 use crate::config::DaemonConfig;
+use crate::net::admin;
+use crate::net::metrics::{NetMetrics, Page};
 use crate::net::node::{MeshConfig, MeshNode, NetError};
 use crate::net::relay_link::RelayLinkConfig;
 use crate::net::rendezvous_link::RendezvousConfig;
@@ -45,6 +47,15 @@ pub enum StartError {
     /// The network could not start.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The admin address is not `ip:port`.
+    #[error("config: admin address {addr:?} is not ip:port: {source}")]
+    AdminAddr {
+        /// The configured text.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::net::AddrParseError,
+    },
 }
 
 /// The network a daemon runs on: a socket and the runtime that drives it (a real UDP
@@ -64,6 +75,8 @@ pub struct Daemon {
     key: SecretKey,
     config: DaemonConfig,
     api: ApiServer,
+    /// The bound admin (metrics) listener, if enabled and its port was free.
+    admin: Option<std::net::TcpListener>,
 }
 
 impl Daemon {
@@ -93,12 +106,19 @@ impl Daemon {
         api_config.max_line_bytes = config.max_line_bytes;
         api_config.max_queued_bytes = config.max_queued_bytes;
         let api = ApiServer::bind(api_config, router)?;
+        let admin = bind_admin(config.admin.as_deref())?;
         Ok(Daemon {
             node_id,
             key: node_key,
             config: config.clone(),
             api,
+            admin,
         })
+    }
+
+    /// Where the admin listener (`GET /metrics`) is bound, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// This daemon's node id.
@@ -122,17 +142,36 @@ impl Daemon {
         binding: Option<NetBinding>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StartError> {
+        // Without a mesh the router produces no network outputs; the receiver is
+        // dropped and the handle only reads the router (metrics).
+        let (router, outputs) = self.api.attach_network();
         let node = match binding {
             Some(b) => {
-                let (router, outputs) = self.api.attach_network();
-                let node =
-                    MeshNode::start(b.mesh, self.key.clone(), router, outputs, b.udp, b.runtime)?;
+                let node = MeshNode::start(
+                    b.mesh,
+                    self.key.clone(),
+                    router.clone(),
+                    outputs,
+                    b.udp,
+                    b.runtime,
+                )?;
                 info!(node = %self.node_id.short(), "mesh network started");
                 Some(node)
             }
             None => None,
         };
+        let admin = match self.admin {
+            Some(l) => Some(spawn_admin(
+                l,
+                router,
+                node.as_ref().map(MeshNode::metrics),
+            )?),
+            None => None,
+        };
         self.api.serve(shutdown).await;
+        if let Some(a) = admin {
+            a.abort();
+        }
         if let Some(node) = node {
             node.shutdown().await;
         }
@@ -154,6 +193,57 @@ impl Daemon {
             mesh: mesh_config(&self.config, listen.is_ipv4()).await?,
         })
     }
+}
+
+/// Binds the admin listener; a taken port is logged and leaves the daemon without one.
+fn bind_admin(addr: Option<&str>) -> Result<Option<std::net::TcpListener>, StartError> {
+    let Some(text) = addr.map(str::trim).filter(|a| !a.is_empty()) else {
+        return Ok(None);
+    };
+    let addr: SocketAddr = text.parse().map_err(|source| StartError::AdminAddr {
+        addr: text.to_string(),
+        source,
+    })?;
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "the admin listener is not on loopback: metrics are readable from the network");
+    }
+    let bound = std::net::TcpListener::bind(addr).and_then(|l| {
+        l.set_nonblocking(true)?;
+        Ok(l)
+    });
+    match bound {
+        Ok(l) => {
+            info!(addr = %l.local_addr().unwrap_or(addr), "admin listener (GET /metrics)");
+            Ok(Some(l))
+        }
+        Err(e) => {
+            warn!(%addr, error = %e, "admin listener not started");
+            Ok(None)
+        }
+    }
+}
+
+/// Serves `GET /metrics` from the router's counts and, with a mesh, the network's.
+fn spawn_admin(
+    listener: std::net::TcpListener,
+    router: RouterHandle,
+    net: Option<NetMetrics>,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        source,
+    })?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let page = Arc::new(move || {
+        let mut page = Page::default();
+        page.router(&router.read(|r| r.stats()));
+        if let Some(net) = &net {
+            page.net(net);
+        }
+        page.finish()
+    });
+    Ok(tokio::spawn(admin::serve(listener, page)))
 }
 
 /// The network part of the configuration, names resolved.

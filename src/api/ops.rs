@@ -24,6 +24,7 @@ pub const OP_NAMES: &[&str] = &[
     "subscribe",
     "unsubscribe",
     "status",
+    "ping",
 ];
 
 /// One parsed client operation.
@@ -106,6 +107,18 @@ pub enum Op {
         /// peer changes.
         #[serde(default)]
         watch: bool,
+    },
+    /// Measure round trips to the daemon hosting an agent (or to a node) over its QUIC
+    /// session.
+    Ping {
+        /// An agent id (`A…`, local directory) or a node id (`N…`).
+        target: String,
+        /// How many round trips (default 4, at most 100).
+        #[serde(default)]
+        count: Option<u32>,
+        /// Pause between round trips in milliseconds (default 1000, at least 10).
+        #[serde(default)]
+        interval_ms: Option<u64>,
     },
 }
 
@@ -258,6 +271,15 @@ mod tests {
         assert!(matches!(op, Op::Status { watch: true }));
         let (_, op) = parse_line(br#"{"op":"status","id":1}"#).unwrap();
         assert!(matches!(op, Op::Status { watch: false }));
+        let (_, op) = parse_line(br#"{"op":"ping","id":1,"target":"Nx","count":2}"#).unwrap();
+        assert!(matches!(
+            op,
+            Op::Ping {
+                count: Some(2),
+                interval_ms: None,
+                ..
+            }
+        ));
     }
 
     #[test]

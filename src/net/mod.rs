@@ -4,12 +4,15 @@
 //! state machine (`punch`). The tokio drivers (socket, QUIC sessions, STUN, UPnP, relay
 //! client) come with the daemon networking issue.
 
+pub mod admin;
 pub mod demux;
 pub mod mesh_socket;
+pub mod metrics;
 pub mod node;
 pub mod paths;
 pub mod peer_path;
 pub mod peers;
+pub mod ping;
 pub mod portmap;
 pub mod probe;
 pub mod punch;

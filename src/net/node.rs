@@ -2,7 +2,7 @@
 //! QUIC endpoint on it, the relay link, the path finder, STUN, the rendezvous link and
 //! the peer sessions; plus the two dispatch loops that join them (diverted datagrams to
 //! their owners; router outputs to sessions and the rendezvous) and the status feed to
-//! the router. Socket and runtime are given, so the same code runs on a real socket and
+//! the router (a source `status` reads afresh). Socket and runtime are given, so the same code runs on a real socket and
 //! on `netsim`.
 
 use std::net::SocketAddr;
@@ -18,9 +18,11 @@ use tracing::debug;
 
 use super::demux::Kind;
 use super::mesh_socket::{Diverted, MeshHandle, MeshSocket, RelayLink};
+use super::metrics::{NetMetrics, PathCounters};
 use super::paths::{PathChange, Paths};
 use super::peer_path::{PathConfig, Tier};
 use super::peers::{self, Sessions};
+use super::ping;
 use super::portmap::{PortMapper, PortMapperConfig};
 use super::reflexive::{Reflexive, SelfView};
 use super::relay_link::{relay_link, RelayLinkConfig, RelayLinkHandle, RelayLinkStatus};
@@ -28,7 +30,7 @@ use super::rendezvous_link::{Command, RendezvousConfig, RendezvousLink};
 use super::routes::{Path, Routes};
 use super::status;
 use crate::api::RouterHandle;
-use crate::router::Output;
+use crate::router::{NetSource, Output};
 
 /// What the network needs to know.
 #[derive(Debug, Clone)]
@@ -92,6 +94,8 @@ pub struct MeshNode {
     portmap: Option<PortMapper>,
     view: Arc<Mutex<SelfView>>,
     mesh: MeshHandle,
+    /// Path changes counted for metrics (punch successes by tier).
+    changes: Arc<PathCounters>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -183,6 +187,7 @@ impl MeshNode {
         tasks.push(tokio::spawn(dispatch_outputs(
             outputs,
             sessions.clone(),
+            paths.clone(),
             router.clone(),
             rdv_tx.clone(),
             rendezvous.is_some(),
@@ -197,6 +202,7 @@ impl MeshNode {
             portmap,
             view,
             mesh,
+            changes: Arc::default(),
             tasks,
         };
         let feed = node.status_feed(router, change_rx);
@@ -221,6 +227,14 @@ impl MeshNode {
         }
     }
 
+    /// What the metrics page reads from the network.
+    pub fn metrics(&self) -> NetMetrics {
+        NetMetrics {
+            sources: self.sources(),
+            changes: self.changes.clone(),
+        }
+    }
+
     /// The peer sessions.
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions
@@ -231,20 +245,26 @@ impl MeshNode {
         &self.paths
     }
 
+    /// Gives the router its status source (read afresh by every `status`) and spawns
+    /// the task that forwards path changes as `path` events and relay transport
+    /// changes to the path finder.
     fn status_feed(
         &self,
         router: RouterHandle,
         mut changes: mpsc::UnboundedReceiver<PathChange>,
     ) -> JoinHandle<()> {
         let sources = self.sources();
+        router.apply(move |r, _| {
+            r.set_net_source(NetSource(Arc::new(move || sources.build())));
+            Vec::new()
+        });
         let paths = self.paths.clone();
+        let counters = self.changes.clone();
         let mut relay = self.relay.as_ref().map(|r| r.watch());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
             let mut transport = None;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {}
                     Some(()) = relay_changed(&mut relay) => {
                         let now = relay.as_ref().and_then(|r| r.borrow().transport);
                         if now.is_some() && now != transport {
@@ -254,17 +274,13 @@ impl MeshNode {
                     }
                     change = changes.recv() => match change {
                         Some(c) => {
+                            counters.record(&c);
                             let event = path_event(&c);
                             router.apply(|r, _| r.path_changed(event));
                         }
                         None => return,
                     },
                 }
-                let net = sources.build();
-                router.apply(|r, _| {
-                    r.set_net_status(net);
-                    Vec::new()
-                });
             }
         })
     }
@@ -360,6 +376,7 @@ async fn dispatch_diverted(
 async fn dispatch_outputs(
     mut outputs: mpsc::UnboundedReceiver<Output>,
     sessions: Arc<Sessions>,
+    paths: Arc<Paths>,
     router: RouterHandle,
     rendezvous: mpsc::UnboundedSender<Command>,
     has_rendezvous: bool,
@@ -379,6 +396,10 @@ async fn dispatch_outputs(
             }
             Output::Announce(a) => {
                 let _ = rendezvous.send(Command::Announce(a));
+            }
+            Output::Ping(job) => {
+                let run = ping::run(*job, sessions.clone(), paths.clone(), router.clone());
+                tokio::spawn(run);
             }
             Output::Send { .. } => {} // local; the API server delivers these
         }

@@ -1,9 +1,10 @@
 //! The router's view of the rest of the mesh, as the network driver reports it: which
 //! topic patterns other daemons' subscribers hold, which daemons became unreachable,
-//! the network status shown by `status` and the `path` events pushed to watchers; and
+//! the source of the network status shown by `status` and the `path` events pushed to watchers; and
 //! what this daemon announces about its own subscribers.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use agentmesh_proto::peer::RecentIds;
 use agentmesh_proto::{ErrorCode, ErrorObject, NodeId, Subject, SubjectPattern};
@@ -17,6 +18,18 @@ use super::{Announce, Now, Output, Router};
 
 /// How many envelope ids from peers are remembered for de-duplication (per kind).
 const RECENT_IDS: usize = 10_000;
+
+/// Builds the network's status object on demand (see [`Router::set_net_source`]). It
+/// runs under the router's lock, so it only reads counters and short-held mutexes that
+/// are never held while calling into the router: no IO, no waiting.
+#[derive(Clone)]
+pub struct NetSource(pub Arc<dyn Fn() -> Value + Send + Sync>);
+
+impl std::fmt::Debug for NetSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NetSource(..)")
+    }
+}
 
 /// Mesh-mode state of the router.
 #[derive(Debug)]
@@ -35,8 +48,8 @@ pub(super) struct MeshState {
     pub(super) announced_patterns: Vec<String>,
     /// Round-robin cursors of capability requests over remote agents.
     pub(super) remote_cursors: HashMap<String, usize>,
-    /// The network driver's status object.
-    pub(super) net: Option<Value>,
+    /// Where `status` reads the network's view from (set by the network driver).
+    pub(super) net: Option<NetSource>,
 }
 
 impl Default for MeshState {
@@ -94,10 +107,16 @@ impl Router {
         }
     }
 
-    /// Stores the network driver's view (NAT class, public addresses, per-peer path,
-    /// tier, RTT, bytes); `status` shows it as `net`, and `net.peers` as `peers`.
-    pub fn set_net_status(&mut self, net: Value) {
-        self.mesh.net = Some(net);
+    /// Sets where the network driver's view (NAT class, public addresses, per-peer
+    /// path, tier, RTT, bytes) is read from; every `status` calls it, so it is always
+    /// current. `status` shows it as `net`, and `net.peers` as `peers`.
+    pub fn set_net_source(&mut self, source: NetSource) {
+        self.mesh.net = Some(source);
+    }
+
+    /// The network's view now (`null` without a network driver).
+    pub(super) fn net_status(&self) -> Value {
+        self.mesh.net.as_ref().map_or(Value::Null, |s| (s.0)())
     }
 
     /// A path to a peer changed: every connection that asked `status` with `watch`

@@ -10,7 +10,7 @@
 //! [`Output::Peer`] messages for other daemons' routers, [`Output::Lookup`] questions
 //! and [`Output::Announce`] news for the rendezvous, and the network driver feeds back
 //! [`Router::handle_peer`], [`Router::lookup_done`], [`Router::peer_unreachable`],
-//! [`Router::set_remote_subscriptions`], [`Router::set_net_status`] and
+//! [`Router::set_remote_subscriptions`], [`Router::set_net_source`] and
 //! [`Router::path_changed`].
 
 mod agents;
@@ -21,6 +21,7 @@ mod keys;
 mod lookups;
 mod mesh;
 mod peer_in;
+mod ping;
 mod registry_ops;
 mod remote;
 mod subscriptions;
@@ -37,6 +38,8 @@ use serde_json::{json, Value};
 
 pub use agents::{AgentTable, LocalAgent};
 pub use keys::{FileKeyStore, KeyStore, KeyStoreError, MemoryKeyStore};
+pub use mesh::NetSource;
+pub use ping::PingJob;
 pub use remote::{Announce, Lookup, PeerMsg};
 pub use subscriptions::{Subscription, Subscriptions};
 pub use tasks::{Endpoint, Task, TaskTable};
@@ -90,6 +93,8 @@ pub enum Output {
     Lookup(Box<Lookup>),
     /// Tell the rendezvous.
     Announce(Announce),
+    /// Measure round trips to a daemon; answer with `Router::ping_done`.
+    Ping(Box<PingJob>),
 }
 
 /// Tunables of the router.
@@ -148,7 +153,26 @@ pub struct Router {
     subs: Subscriptions,
     conns: HashMap<ConnId, ConnState>,
     mesh: mesh::MeshState,
+    /// Requests received (local and from peers), for metrics.
+    requests_total: u64,
     out: Vec<Output>,
+}
+
+/// The router's counts, for the metrics page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RouterStats {
+    /// Local agents registered.
+    pub agents: u64,
+    /// Tasks not yet finished.
+    pub tasks_in_flight: u64,
+    /// Requests received from local agents and from peers.
+    pub requests_total: u64,
+    /// Local API connections.
+    pub connections: u64,
+    /// Subscriptions.
+    pub subscriptions: u64,
+    /// Remote agents learned from lookups.
+    pub remote_agents_known: u64,
 }
 
 impl Router {
@@ -163,6 +187,7 @@ impl Router {
             subs: Subscriptions::default(),
             conns: HashMap::new(),
             mesh: mesh::MeshState::default(),
+            requests_total: 0,
             out: Vec::new(),
         }
     }
@@ -170,6 +195,19 @@ impl Router {
     /// The daemon's node id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// The router's counts now.
+    pub fn stats(&self) -> RouterStats {
+        let n = |v: usize| v as u64;
+        RouterStats {
+            agents: n(self.agents.len()),
+            tasks_in_flight: n(self.tasks.live_count()),
+            requests_total: self.requests_total,
+            connections: n(self.conns.len()),
+            subscriptions: n(self.subs.len()),
+            remote_agents_known: n(self.mesh.directory.len()),
+        }
     }
 
     /// Handles one parsed operation from connection `conn`.
@@ -182,7 +220,10 @@ impl Router {
             }
             Op::Deregister { agent_id } => self.deregister(now, conn, agent_id),
             Op::Discover { query } => self.discover(now, conn, &id, query),
-            Op::Request(args) => self.request(now, conn, id.clone(), args),
+            Op::Request(args) => {
+                self.requests_total += 1;
+                self.request(now, conn, id.clone(), args)
+            }
             Op::Respond(args) => self.respond(now, conn, args),
             Op::Stream {
                 task_id,
@@ -195,6 +236,11 @@ impl Router {
             Op::Subscribe { agent_id, pattern } => self.subscribe(conn, agent_id, &pattern),
             Op::Unsubscribe { subscription_id } => self.unsubscribe(conn, &subscription_id),
             Op::Status { watch } => Ok(self.status(conn, watch)),
+            Op::Ping {
+                target,
+                count,
+                interval_ms,
+            } => self.ping(now, conn, id.clone(), &target, count, interval_ms),
         };
         match result {
             Ok(Some(ok)) => self.reply_ok(conn, id, ok),

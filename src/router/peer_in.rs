@@ -21,7 +21,10 @@ impl Router {
     /// Handles one message from daemon `from`.
     pub fn handle_peer(&mut self, now: Now, from: NodeId, msg: PeerMsg) -> Vec<Output> {
         match msg {
-            PeerMsg::Requester(RequesterFrame::Open(e)) => self.peer_open(now, from, e),
+            PeerMsg::Requester(RequesterFrame::Open(e)) => {
+                self.requests_total += 1;
+                self.peer_open(now, from, e)
+            }
             PeerMsg::Requester(RequesterFrame::Continue(e)) => self.peer_continue(now, from, e),
             PeerMsg::Cancel { task_id } => self.peer_cancel(now, from, &task_id),
             PeerMsg::Responder(ResponderFrame::Update(e)) => self.peer_update(now, from, e),

@@ -142,7 +142,7 @@ impl Router {
         if watch {
             self.conns.entry(conn).or_default().watch_paths = true;
         }
-        let net = self.mesh.net.clone().unwrap_or(Value::Null);
+        let net = self.net_status();
         let peers = net.get("peers").cloned().unwrap_or_else(|| json!([]));
         let agents: Vec<Value> = self
             .agents

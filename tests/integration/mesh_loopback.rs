@@ -69,11 +69,14 @@ pub(crate) fn daemon_config(dir: &Path, name: &str, s: &Services) -> DaemonConfi
             udp: s.relay.udp_addr.unwrap().to_string(),
             tls: s.relay.tls_addr.map(|a| a.to_string()),
         }),
+        admin: Some("127.0.0.1:0".into()),
         ..DaemonConfig::default()
     }
 }
 
 pub(crate) struct Running1 {
+    /// The admin (metrics) listener.
+    pub(crate) admin: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -89,6 +92,7 @@ impl Drop for Running1 {
 
 pub(crate) fn run_daemon(config: &DaemonConfig) -> Running1 {
     let daemon = Daemon::start(config).unwrap();
+    let admin = daemon.admin_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         daemon
@@ -99,9 +103,29 @@ pub(crate) fn run_daemon(config: &DaemonConfig) -> Running1 {
             .unwrap();
     });
     Running1 {
+        admin,
         stop: Some(tx),
         task,
     }
+}
+
+/// One `GET /metrics` from a daemon's admin listener.
+pub(crate) async fn scrape(admin: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    text
+}
+
+/// The value of one sample (`name` with its labels, as written on the page).
+pub(crate) fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Discovers until `want` agents with `capability` are seen (bounded).
@@ -260,6 +284,77 @@ async fn agents_on_two_daemons_work_together_and_the_path_goes_direct() {
         (peer["path"].as_str(), peer["session"].as_bool()),
         (Some("direct"), Some(true)),
         "{st}"
+    );
+
+    // The metrics page counts the same: a session, a LAN punch, a direct peer, the
+    // requests; on B the requests arrived from a peer.
+    let page = scrape(_a.admin.expect("admin listener")).await;
+    let at_least = |name: &str, min: f64| {
+        let v = sample(&page, name).unwrap_or_else(|| panic!("no {name}:\n{page}"));
+        assert!(v >= min, "{name} = {v} < {min}:\n{page}");
+    };
+    at_least("agentmesh_sessions_open", 1.0);
+    at_least("agentmesh_punch_successes_total{tier=\"direct-lan\"}", 1.0);
+    at_least("agentmesh_punch_attempts_total", 1.0);
+    at_least("agentmesh_peers{path=\"direct\"}", 1.0);
+    at_least("agentmesh_requests_total", 101.0);
+    at_least("agentmesh_session_bytes{direction=\"sent\"}", 10_000.0);
+    at_least("agentmesh_rendezvous_connected", 1.0);
+    at_least("agentmesh_relay_connected", 1.0);
+    at_least("agentmesh_relay_transport{transport=\"udp\"}", 1.0);
+    at_least("agentmesh_socket_packets_total{way=\"direct_sent\"}", 1.0);
+    let page_b = scrape(_b.admin.expect("admin listener")).await;
+    let served = sample(&page_b, "agentmesh_requests_total").unwrap_or(0.0);
+    assert!(served >= 101.0, "B served {served}:\n{page_b}");
+
+    // `ping` by agent id and by node id: real round trips over the direct session.
+    for t in [target.clone(), json!(node_of(&cb))] {
+        let ok = caller
+            .call("ping", json!({"target": t, "count": 3, "interval_ms": 20}))
+            .await
+            .unwrap();
+        assert_eq!(
+            (ok["sent"].as_u64(), ok["received"].as_u64()),
+            (Some(3), Some(3)),
+            "{ok}"
+        );
+        assert_eq!(ok["node"], json!(node_of(&cb)), "{ok}");
+        for r in ok["replies"].as_array().unwrap() {
+            let rtt = r["rtt_ms"].as_f64().unwrap_or(-1.0);
+            assert!(rtt > 0.0 && rtt < 1000.0, "{r}");
+            assert_eq!(
+                (r["path"].as_str(), r["tier"].as_str()),
+                (Some("direct"), Some("direct-lan")),
+                "{r}"
+            );
+        }
+    }
+    let own = caller.call("ping", json!({"target": me})).await;
+    assert!(
+        own.is_err_and(|e| e.to_string().contains("INPUT_INVALID")),
+        "ping of a local agent"
+    );
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .arg("--socket")
+        .arg(&ca.socket)
+        .args(["ping", &node_of(&cb), "-c", "2", "-i", "20"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(
+        out.matches("path direct (direct-lan) rtt ").count(),
+        2,
+        "{out}"
+    );
+    assert!(
+        out.starts_with(&format!("reply from {}", &node_of(&cb)[..9])),
+        "{out}"
     );
 
     // An event from A reaches a subscriber on B (once the subscription index arrived).

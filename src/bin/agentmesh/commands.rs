@@ -8,7 +8,9 @@ use agentmesh::cli::Client;
 use agentmesh_proto::keyfile;
 
 use crate::output::{human, join, json_arg, table};
-use crate::{Cli, Command, DiscoverArgs, EmitArgs, KeygenArgs, RequestArgs, SubscribeArgs};
+use crate::{
+    Cli, Command, DiscoverArgs, EmitArgs, KeygenArgs, PingArgs, RequestArgs, SubscribeArgs,
+};
 
 pub(crate) async fn run(cli: Cli) -> Result<()> {
     let socket = cli.socket.clone().unwrap_or_else(default_socket_path);
@@ -19,6 +21,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Request(a) => request(&mut connect().await?, a, cli.json).await,
         Command::Emit(a) => emit(&mut connect().await?, a, cli.json).await,
         Command::Subscribe(a) => subscribe(&mut connect().await?, a, cli.json).await,
+        Command::Ping(a) => ping(&mut connect().await?, a, cli.json).await,
         Command::Keygen(a) => keygen(a, cli.json),
         Command::Demo => crate::demo::run(cli.json).await,
     }
@@ -72,6 +75,43 @@ async fn status(client: &mut Client, as_json: bool) -> Result<()> {
     );
     let peers = st["peers"].as_array().map_or(0, Vec::len);
     println!("\npeers     {peers}");
+    Ok(())
+}
+
+async fn ping(client: &mut Client, a: PingArgs, as_json: bool) -> Result<()> {
+    if a.target.starts_with('A') {
+        // Learn where the agent lives (a rendezvous lookup fills the daemon's directory).
+        let query = json!({"query": {"agent_id": a.target}});
+        let _ = client.call("discover", query).await;
+    }
+    let args = json!({"target": a.target, "count": a.count, "interval_ms": a.interval_ms});
+    let ok = client.call("ping", args).await?;
+    if as_json {
+        println!("{ok}");
+        return Ok(());
+    }
+    let node = ok["node"].as_str().unwrap_or("?");
+    let short = node
+        .parse::<agentmesh_proto::NodeId>()
+        .map_or_else(|_| node.to_string(), |n| n.short());
+    for r in ok["replies"].as_array().into_iter().flatten() {
+        match r["rtt_ms"].as_f64() {
+            Some(rtt) => println!(
+                "reply from {short} path {} ({}) rtt {rtt:.1} ms",
+                human(&r["path"]),
+                human(&r["tier"])
+            ),
+            None => println!(
+                "no reply from {short} (seq {}): {}",
+                r["seq"],
+                human(&r["error"])
+            ),
+        }
+    }
+    println!("{} sent, {} received", ok["sent"], ok["received"]);
+    if ok["received"].as_u64() == Some(0) {
+        bail!("no replies from {short}");
+    }
     Ok(())
 }
 

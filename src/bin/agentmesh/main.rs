@@ -1,5 +1,5 @@
 //! `agentmesh`: the command-line client of agentmeshd (status, discover, request, emit,
-//! subscribe, keygen) and the self-contained demo.
+//! subscribe, ping, keygen) and the self-contained demo.
 
 mod commands;
 mod demo;
@@ -42,6 +42,8 @@ enum Command {
     Emit(EmitArgs),
     /// Print events matching a pattern (`*` = one token, `>` = the rest) as they arrive.
     Subscribe(SubscribeArgs),
+    /// Measure round trips to the daemon hosting an agent (A…) or to a node (N…).
+    Ping(PingArgs),
     /// Create an Ed25519 key file (mode 0600) and print its node and agent ids.
     Keygen(KeygenArgs),
     /// Run a self-contained demo: a daemon and agents in this process, no setup needed.
@@ -115,6 +117,18 @@ struct SubscribeArgs {
     /// Exit after this many events.
     #[arg(long)]
     count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct PingArgs {
+    /// Agent id (A…) or node id (N…).
+    target: String,
+    /// Round trips.
+    #[arg(long, short = 'c', default_value_t = 4)]
+    count: u32,
+    /// Pause between round trips, in milliseconds.
+    #[arg(long, short = 'i', default_value_t = 1000)]
+    interval_ms: u64,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,8 @@
 //! Each task rides its own bidirectional stream: the requester's daemon opens it with
 //! the request, later `continue`s follow on it; the responder's daemon answers on it
 //! and finishes it with the final state. A cancel resets it with `STREAM_CANCELED`.
-//! Events ride one-way streams. Messages for one node pass through one worker, in the
+//! Events ride one-way streams. An empty bidirectional stream is a ping, answered by
+//! finishing the other direction. Messages for one node pass through one worker, in the
 //! order the router produced them; each stream has its own writer task.
 
 mod frames;
@@ -377,6 +378,7 @@ impl Sessions {
         let mut rd = FrameReader::new(recv);
         let open = match rd.next::<RequesterFrame>().await {
             Ok(Some(RequesterFrame::Open(env))) => env,
+            Ok(None) => return pong(send),
             Ok(_) => return debug!("task stream did not start with a request"),
             Err(e) => return debug!(error = %e, "task stream failed before its request"),
         };
@@ -405,12 +407,33 @@ impl Sessions {
         }
     }
 
+    /// One round trip to `node` over its session (dialing it if needed): an empty
+    /// bidirectional stream, which the peer answers by finishing its side. Measured
+    /// from opening the stream to the peer's end arriving; the dial is not counted.
+    pub async fn ping_once(self: &Arc<Self>, node: NodeId) -> Result<Duration, ErrorObject> {
+        let conn = self.connect(node).await?;
+        let start = std::time::Instant::now();
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unreachable(node, e))?;
+        send.finish().map_err(|e| unreachable(node, e))?;
+        match recv.read_to_end(0).await {
+            Ok(_) => Ok(start.elapsed()),
+            Err(e) => Err(unreachable(node, e)),
+        }
+    }
+
     async fn serve_event_stream(self: Arc<Self>, node: NodeId, recv: quinn::RecvStream) {
         let mut rd = FrameReader::new(recv);
         while let Ok(Some(frame)) = rd.next::<OnewayFrame>().await {
             let msg = PeerMsg::Event(frame);
             self.router.apply(|r, now| r.handle_peer(now, node, msg));
         }
+    }
+}
+
+/// Answers a ping (a bidirectional stream that ended before any frame) by ending ours.
+fn pong(mut send: quinn::SendStream) {
+    if let Err(e) = send.finish() {
+        debug!(error = %e, "ping not answered");
     }
 }
 

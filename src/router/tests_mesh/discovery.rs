@@ -207,12 +207,22 @@ fn status_shows_the_network_and_watchers_get_path_events() {
         (Value::Null, json!([]))
     );
     let peer = json!({"node": m.node(R::B), "path": "direct", "tier": "punched", "rtt_ms": 12});
-    m.a.set_net_status(
-        json!({"nat": "port-restricted", "public": ["203.0.113.7:4433"], "peers": [peer]}),
-    );
+    let nat = std::sync::Arc::new(std::sync::Mutex::new("port-restricted"));
+    let seen = nat.clone();
+    let p = peer.clone();
+    m.a.set_net_source(crate::router::NetSource(std::sync::Arc::new(move || {
+        let nat = *seen.lock().unwrap();
+        json!({"nat": nat, "public": ["203.0.113.7:4433"], "peers": [p]})
+    })));
     let st = m.call(R::A, 1, json!({"op": "status", "id": 2, "watch": true}));
     assert_eq!(st["ok"]["net"]["nat"], "port-restricted");
     assert_eq!(st["ok"]["peers"], json!([peer]));
+    *nat.lock().unwrap() = "symmetric";
+    let st = m.call(R::A, 1, json!({"op": "status", "id": 4}));
+    assert_eq!(
+        st["ok"]["net"]["nat"], "symmetric",
+        "status reads the source each time"
+    );
     m.call(R::A, 2, json!({"op": "status", "id": 3}));
     let info = json!({"node": m.node(R::B), "path": "relayed", "rtt_ms": 80});
     let outs = m.step(R::A, |rt, _| rt.path_changed(info));

@@ -167,6 +167,11 @@ impl Mesh {
                 self.announce(me, a);
                 vec![]
             }
+            Output::Ping(job) => {
+                let ok = serde_json::json!({"node": job.node, "count": job.count});
+                let outs = self.router_mut(r).ping_done(job.conn, job.id, Ok(ok));
+                outs.into_iter().map(|o| (r, o)).collect()
+            }
         }
     }
 
