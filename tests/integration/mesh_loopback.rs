@@ -420,3 +420,40 @@ fn node_of(cb: &DaemonConfig) -> String {
         .node_id()
         .to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_without_a_mesh_serves_router_metrics_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DaemonConfig {
+        socket: dir.path().join("solo.sock"),
+        state_dir: dir.path().join("solo"),
+        admin: Some("127.0.0.1:0".into()),
+        ..DaemonConfig::default()
+    };
+    let d = run_daemon(&config);
+    let admin = d.admin.expect("admin listener");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut c = loop {
+        match Client::connect(&config.socket).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "no socket: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.call("register", json!({"manifest": {"name": "one"}}))
+        .await
+        .unwrap();
+    let page = scrape(admin).await;
+    assert_eq!(sample(&page, "agentmesh_agents"), Some(1.0), "{page}");
+    assert_eq!(
+        sample(&page, "agentmesh_api_connections"),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(
+        !page.contains("agentmesh_sessions_open"),
+        "no network part: {page}"
+    );
+    let st = c.call("status", json!({})).await.unwrap();
+    assert_eq!(st["net"], Value::Null, "{st}");
+}

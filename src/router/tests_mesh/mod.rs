@@ -5,6 +5,7 @@
 //! `Output::Send` lands in per-connection inboxes.
 
 mod discovery;
+mod ping;
 mod tasks;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -168,7 +169,9 @@ impl Mesh {
                 vec![]
             }
             Output::Ping(job) => {
-                let ok = serde_json::json!({"node": job.node, "count": job.count});
+                let ms = u64::try_from(job.interval.as_millis()).unwrap_or(u64::MAX);
+                let ok =
+                    serde_json::json!({"node": job.node, "count": job.count, "interval_ms": ms});
                 let outs = self.router_mut(r).ping_done(job.conn, job.id, Ok(ok));
                 outs.into_iter().map(|o| (r, o)).collect()
             }
