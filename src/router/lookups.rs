@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::directory::{check_remote, pick_remote};
 use super::envelopes::{self, TaskAddr};
+use super::ping::PingJob;
 use super::task_ops::RequestJob;
 use super::tasks::Endpoint;
 use super::{uuid_v7, ConnId, Lookup, Now, Output, PeerMsg, Router};
@@ -38,6 +39,9 @@ enum Waiting {
         capability: String,
         local: ErrorObject,
     },
+    /// A `ping` of an agent whose daemon is not known yet (`job.node` is filled in
+    /// from the answer).
+    Ping { job: PingJob, agent: AgentId },
 }
 
 impl Waiting {
@@ -45,6 +49,7 @@ impl Waiting {
         match self {
             Waiting::Discover { conn, .. } => *conn,
             Waiting::Agent { job, .. } | Waiting::Capability { job, .. } => job.conn,
+            Waiting::Ping { job, .. } => job.conn,
         }
     }
 }
@@ -148,6 +153,22 @@ impl Router {
         Ok(None)
     }
 
+    /// A `ping` of `agent`, whose daemon the rendezvous is asked for.
+    pub(super) fn ping_lookup(
+        &mut self,
+        now: Now,
+        job: PingJob,
+        agent: AgentId,
+    ) -> Result<Option<Value>, ErrorObject> {
+        let query = DiscoverQuery {
+            agent_id: Some(agent),
+            limit: Some(1),
+            ..DiscoverQuery::default()
+        };
+        self.ask(now, query, Waiting::Ping { job, agent })?;
+        Ok(None)
+    }
+
     /// A request to a capability no local agent can take: ask the rendezvous.
     pub(super) fn request_remote_capability(
         &mut self,
@@ -209,6 +230,24 @@ impl Router {
                 let r = remote.and_then(|rs| self.continue_cap(now, job, &capability, local, &rs));
                 if let Err(e) = r {
                     self.reply_err(conn, id, e);
+                }
+            }
+            Waiting::Ping { mut job, agent } => {
+                let found =
+                    remote.map(|rs| rs.iter().find(|r| r.manifest.id == agent).map(|r| r.node));
+                match found {
+                    Ok(Some(node)) => {
+                        job.node = node;
+                        self.out.push(Output::Ping(Box::new(job)));
+                    }
+                    Ok(None) => {
+                        let e = ErrorObject::new(
+                            ErrorCode::AgentUnavailable,
+                            format!("agent {} is not online in the mesh", agent.short()),
+                        );
+                        self.reply_err(job.conn, job.id, e);
+                    }
+                    Err(e) => self.reply_err(job.conn, job.id, e),
                 }
             }
         }
@@ -335,6 +374,7 @@ impl Router {
                     };
                     (job.conn, job.request_id, err)
                 }
+                Waiting::Ping { job, .. } => (job.conn, job.id, self.lookup_timed_out()),
             };
             self.reply_err(conn, id, err);
         }

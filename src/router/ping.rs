@@ -1,5 +1,5 @@
-//! `ping`: resolving its target (a node id, or an agent id this daemon knows the host
-//! of) to a daemon, handing the round trips to the network driver
+//! `ping`: resolving its target (a node id, or an agent id: local, in the directory,
+//! or looked up at the rendezvous) to a daemon, handing the round trips to the network driver
 //! ([`Output::Ping`]) and replying with what it measured ([`Router::ping_done`]).
 
 use std::time::Duration;
@@ -34,6 +34,14 @@ pub struct PingJob {
     pub interval: Duration,
 }
 
+/// What a `ping` target names.
+enum Target {
+    /// A daemon.
+    Node(NodeId),
+    /// An agent whose daemon the rendezvous must be asked for.
+    Unknown(AgentId),
+}
+
 impl Router {
     /// Starts a `ping`; the reply comes with [`Router::ping_done`].
     pub(super) fn ping(
@@ -45,29 +53,33 @@ impl Router {
         count: Option<u32>,
         interval_ms: Option<u64>,
     ) -> Result<Option<Value>, ErrorObject> {
-        let node = self.ping_target(now, target)?;
+        let mut job = PingJob {
+            conn,
+            id,
+            node: self.node_id,
+            count: count.unwrap_or(DEFAULT_COUNT).clamp(1, MAX_COUNT),
+            interval: interval_ms
+                .map_or(DEFAULT_INTERVAL, Duration::from_millis)
+                .max(MIN_INTERVAL),
+        };
+        let node = match self.ping_target(now, target)? {
+            Target::Node(node) => node,
+            Target::Unknown(agent) => return self.ping_lookup(now, job, agent),
+        };
         if node == self.node_id {
             return Err(ErrorObject::new(
                 ErrorCode::InputInvalid,
                 "the target is on this daemon; ping measures the way to another daemon",
             ));
         }
-        let job = PingJob {
-            conn,
-            id,
-            node,
-            count: count.unwrap_or(DEFAULT_COUNT).clamp(1, MAX_COUNT),
-            interval: interval_ms
-                .map_or(DEFAULT_INTERVAL, Duration::from_millis)
-                .max(MIN_INTERVAL),
-        };
+        job.node = node;
         self.out.push(Output::Ping(Box::new(job)));
         Ok(None)
     }
 
-    fn ping_target(&self, now: Now, target: &str) -> Result<NodeId, ErrorObject> {
+    fn ping_target(&self, now: Now, target: &str) -> Result<Target, ErrorObject> {
         if let Ok(node) = target.parse::<NodeId>() {
-            return Ok(node);
+            return Ok(Target::Node(node));
         }
         let Ok(agent) = target.parse::<AgentId>() else {
             return Err(ErrorObject::new(
@@ -76,16 +88,14 @@ impl Router {
             ));
         };
         if self.agents.get(&agent).is_some() {
-            return Ok(self.node_id);
+            return Ok(Target::Node(self.node_id));
         }
         match self.mesh.directory.get(&agent, now.mono) {
-            Some(e) => Ok(e.node),
+            Some(e) => Ok(Target::Node(e.node)),
+            None if self.config.mesh => Ok(Target::Unknown(agent)),
             None => Err(ErrorObject::new(
                 ErrorCode::AgentUnavailable,
-                format!(
-                    "where agent {} lives is not known here; discover it first",
-                    agent.short()
-                ),
+                format!("agent {} is not registered here", agent.short()),
             )),
         }
     }

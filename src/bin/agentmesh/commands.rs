@@ -79,11 +79,6 @@ async fn status(client: &mut Client, as_json: bool) -> Result<()> {
 }
 
 async fn ping(client: &mut Client, a: PingArgs, as_json: bool) -> Result<()> {
-    if a.target.starts_with('A') {
-        // Learn where the agent lives (a rendezvous lookup fills the daemon's directory).
-        let query = json!({"query": {"agent_id": a.target}});
-        let _ = client.call("discover", query).await;
-    }
     let args = json!({"target": a.target, "count": a.count, "interval_ms": a.interval_ms});
     let ok = client.call("ping", args).await?;
     if as_json {

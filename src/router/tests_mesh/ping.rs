@@ -24,15 +24,25 @@ fn ping_resolves_node_ids_and_known_agents_and_clamps_its_arguments() {
     );
 
     let echo = m.register(R::B, 1, "Echo", &["echo"], &["echo"]);
+    let before = m.lookups;
     let p = m.call(R::A, 1, json!({"op": "ping", "id": 3, "target": echo}));
-    assert_eq!(code(&p), "AGENT_UNAVAILABLE", "not learned yet: {p}");
+    assert_eq!(p["ok"]["node"], json!(b), "looked up: {p}");
+    assert_eq!(m.lookups, before + 1);
+    let p = m.call(R::A, 1, json!({"op": "ping", "id": 4, "target": echo}));
+    assert_eq!(p["ok"]["node"], json!(b), "from the directory: {p}");
+    assert_eq!(m.lookups, before + 1, "no second lookup");
     m.call(
-        R::A,
+        R::B,
         1,
-        json!({"op": "discover", "id": 4, "query": {"agent_id": echo}}),
+        json!({"op": "deregister", "id": 5, "agent_id": echo}),
     );
-    let p = m.call(R::A, 1, json!({"op": "ping", "id": 5, "target": echo}));
-    assert_eq!(p["ok"]["node"], json!(b), "learned by discover: {p}");
+    let gone = SecretKey::from_bytes(&[9; 32]).agent_id().to_string();
+    let p = m.call(R::A, 1, json!({"op": "ping", "id": 6, "target": gone}));
+    assert_eq!(
+        code(&p),
+        "AGENT_UNAVAILABLE",
+        "unknown at the rendezvous: {p}"
+    );
 }
 
 #[test]
