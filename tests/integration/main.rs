@@ -9,6 +9,7 @@ mod daemon_process;
 mod examples;
 mod local_api;
 mod mesh_loopback;
+mod mesh_netns;
 mod portmap_netns;
 mod punch_matrix;
 mod punch_matrix_netns;
