@@ -303,6 +303,17 @@ async fn agents_on_two_daemons_work_together_and_the_path_goes_direct() {
     at_least("agentmesh_relay_connected", 1.0);
     at_least("agentmesh_relay_transport{transport=\"udp\"}", 1.0);
     at_least("agentmesh_socket_packets_total{way=\"direct_sent\"}", 1.0);
+    let wanted = [
+        "agentmesh_sessions_open",
+        "agentmesh_punch_",
+        "agentmesh_peers",
+        "agentmesh_requests_total",
+    ];
+    let shown: Vec<&str> = page
+        .lines()
+        .filter(|l| !l.starts_with('#') && wanted.iter().any(|w| l.starts_with(w)))
+        .collect();
+    eprintln!("metrics of A: {shown:?}");
     let page_b = scrape(_b.admin.expect("admin listener")).await;
     let served = sample(&page_b, "agentmesh_requests_total").unwrap_or(0.0);
     assert!(served >= 101.0, "B served {served}:\n{page_b}");
@@ -319,6 +330,7 @@ async fn agents_on_two_daemons_work_together_and_the_path_goes_direct() {
             "{ok}"
         );
         assert_eq!(ok["node"], json!(node_of(&cb)), "{ok}");
+        eprintln!("ping {t}: {}", ok["replies"]);
         for r in ok["replies"].as_array().unwrap() {
             let rtt = r["rtt_ms"].as_f64().unwrap_or(-1.0);
             assert!(rtt > 0.0 && rtt < 1000.0, "{r}");
