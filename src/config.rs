@@ -80,6 +80,9 @@ pub struct DaemonConfig {
 pub struct RendezvousSection {
     /// Its UDP address (`host:port`).
     pub addr: String,
+    /// Its TCP/TLS address (`host:port`), used when UDP is blocked.
+    #[serde(default)]
+    pub tcp: Option<String>,
     /// Its node id (`N…`), pinned in TLS.
     pub node_id: agentmesh_proto::NodeId,
     /// Tenant to join.

@@ -253,8 +253,13 @@ pub async fn mesh_config(config: &DaemonConfig, v4: bool) -> Result<MeshConfig, 
         ..MeshConfig::default()
     };
     if let Some(rv) = &config.rendezvous {
+        let tcp_addr = match &rv.tcp {
+            Some(t) => Some(resolve(t, v4).await?),
+            None => None,
+        };
         mesh.rendezvous = Some(RendezvousConfig {
             addr: resolve(&rv.addr, v4).await?,
+            tcp_addr,
             node: rv.node_id,
             tenant: rv.tenant.clone(),
             token: rv.token.clone(),

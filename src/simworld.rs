@@ -206,6 +206,7 @@ impl World {
         let mesh = MeshConfig {
             rendezvous: Some(RendezvousConfig {
                 addr: RENDEZVOUS_ADDR,
+                tcp_addr: None,
                 node: rendezvous.id,
                 tenant: "demo".into(),
                 token: "demo-token".into(),
@@ -270,6 +271,7 @@ fn start_daemon(dir: &Path, s: &SiteSpec, binding: NetBinding) -> Result<WorldDa
         socket: dir.join(format!("{}.sock", s.name)),
         state_dir: dir.join(&s.name),
         upnp: false,
+        admin: None,
         ..DaemonConfig::default()
     };
     let err = |source| WorldError::Daemon {

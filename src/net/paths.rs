@@ -19,7 +19,7 @@ use super::mesh_socket::MeshHandle;
 use super::peer_path::{PathConfig, PathEvent, PeerPath, Tier};
 use super::peers::PathSetup;
 use super::probe;
-use super::punch::CandidateKind;
+use super::punch::{predicted_ports, CandidateKind};
 use super::routes::{Path, Routes};
 
 /// How long a peer without a relay may take to get a direct path before dialing fails.
@@ -412,9 +412,21 @@ pub fn candidate_kinds(addrs: &[SocketAddr]) -> Vec<(SocketAddr, CandidateKind)>
                 *k = CandidateKind::Reflexive;
             }
         }
+    } else if let Some(last) = out
+        .iter()
+        .filter(|(_, k)| *k == CandidateKind::Predicted)
+        .map(|(a, _)| *a)
+        .max_by_key(|a| a.port())
+    {
+        // The peer's NAT kept allocating ports since it measured them (its relay
+        // link, other peers' punches): look further ahead.
+        out.extend(predicted_ports(last, EXTRA_PREDICTED));
     }
     out
 }
+
+/// Ports probed beyond a sequential NAT's own predictions.
+const EXTRA_PREDICTED: u16 = 48;
 
 fn is_private(ip: IpAddr) -> bool {
     match ip {
@@ -447,7 +459,7 @@ mod tests {
         );
         list.extend((1..=8).map(|i| a(&format!("203.0.113.5:{}", 4000 + i))));
         let kinds = candidate_kinds(&list);
-        assert_eq!(kinds.len(), 10);
+        assert_eq!(kinds.len(), 10 + usize::from(EXTRA_PREDICTED));
         assert!(kinds[2..]
             .iter()
             .all(|(_, k)| *k == CandidateKind::Predicted));

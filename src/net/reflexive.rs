@@ -16,8 +16,9 @@ use super::paths::{now, Paths};
 use super::punch::CandidateKind;
 use super::stun::{MappingObservation, StunProbe};
 
-/// How many ports after the last one seen are offered for a sequential symmetric NAT.
-pub const PREDICTED_PORTS: u16 = 16;
+/// How many ports after the last one seen are offered for a sequential symmetric NAT
+/// (the peer looks further ahead on its own, see `paths::candidate_kinds`).
+pub const PREDICTED_PORTS: u16 = 8;
 
 /// What the daemon knows of its own addresses.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -175,6 +176,8 @@ pub fn candidates(
             }
         }
     }
+    // The rendezvous refuses longer lists.
+    out.truncate(agentmesh_proto::rendezvous::MAX_CANDIDATES);
     out
 }
 

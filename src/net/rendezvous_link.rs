@@ -26,6 +26,9 @@ use crate::router::{Announce, Lookup};
 /// How often local agents are heartbeated (the rendezvous forgets them after 45 s).
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// How long a QUIC login may take before TCP/TLS is tried.
+const QUIC_TRY: Duration = Duration::from_secs(3);
+
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -34,6 +37,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct RendezvousConfig {
     /// Its UDP (QUIC + STUN) address.
     pub addr: SocketAddr,
+    /// Its TCP/TLS address, tried when QUIC gets no answer (UDP blocked).
+    pub tcp_addr: Option<SocketAddr>,
     /// Its node id, pinned.
     pub node: NodeId,
     /// Tenant to join.
@@ -155,18 +160,41 @@ impl RendezvousLink {
             addr: self.config.addr,
             server: self.config.node,
         };
-        let mut client = Client::connect_quic(&self.endpoint, &target, &self.key, &join).await?;
+        let quic = tokio::time::timeout(
+            QUIC_TRY,
+            Client::connect_quic(&self.endpoint, &target, &self.key, &join),
+        )
+        .await
+        .unwrap_or(Err(ClientError::Timeout));
+        let mut client = match (quic, self.config.tcp_addr) {
+            (Ok(c), _) => c,
+            (Err(e), None) => return Err(e),
+            (Err(e), Some(tcp)) => {
+                debug!(error = %e, "rendezvous over QUIC failed; trying TCP/TLS");
+                let target = Target {
+                    addr: tcp,
+                    server: self.config.node,
+                };
+                Client::connect_tcp(&target, &self.key, &join).await?
+            }
+        };
         let events = client.take_events();
         let client = Arc::new(client);
-        let (agents, patterns) = {
+        let (agents, patterns, candidates, home) = {
             let mut m = self.lock();
             m.client = Some(client.clone());
             m.connected_once = true;
             (
                 m.agents.values().cloned().collect::<Vec<_>>(),
                 m.patterns.clone(),
+                m.candidates.clone(),
+                m.home_relay.clone(),
             )
         };
+        // Candidates learnt while the login was under way were not in its `Join`.
+        if candidates != join.candidates {
+            client.update_candidates(candidates, home).await?;
+        }
         if !agents.is_empty() {
             client.register(agents).await?;
         }

@@ -10,6 +10,7 @@ mod examples;
 mod local_api;
 mod mesh_loopback;
 mod mesh_netns;
+mod mesh_netsim;
 mod portmap_netns;
 mod punch_matrix;
 mod punch_matrix_netns;

@@ -60,6 +60,7 @@ pub(crate) fn daemon_config(dir: &Path, name: &str, s: &Services) -> DaemonConfi
         upnp: false,
         rendezvous: Some(RendezvousSection {
             addr: s.rv.udp_addr.to_string(),
+            tcp: None,
             node_id: s.rv.id,
             tenant: "acme".into(),
             token: "acme-token".into(),

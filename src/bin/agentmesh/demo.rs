@@ -137,6 +137,7 @@ async fn run_steps(world: &World, as_json: bool) -> Result<()> {
                 ms(r.first),
                 r.to_direct.map_or("-".into(), ms),
                 ms(r.p50),
+                r.quic_rtt.map_or("-".into(), ms),
             ]
         })
         .collect();
@@ -148,13 +149,16 @@ async fn run_steps(world: &World, as_json: bool) -> Result<()> {
             "FIRST RESPONSE",
             "TO DIRECT",
             "REQUEST P50",
+            "QUIC RTT",
         ],
         &rows,
     );
     println!();
     table(&["STEP", "RESULT", "LATENCY"], &steps);
     println!(
-        "\nLinks: home 20 ms, office 30 ms, mobile 40 ms one way (simulated, in real time).\n\
+        "\nEach site is two simulated links (host–NAT, NAT–internet) of 20 ms (home), 30 ms\n\
+         (office) or 40 ms (mobile) one way, in real time: home ↔ office is 200 ms round\n\
+         trip. A request costs one round trip over the session (REQUEST P50 ≈ QUIC RTT).\n\
          office ↔ mobile stays relayed: a symmetric NAT's new port for each destination\n\
          never matches what a port-restricted NAT lets in."
     );
@@ -197,6 +201,8 @@ async fn agent_on(c: &mut Caller, site: &str) -> Result<Value> {
 }
 
 struct PairRow {
+    /// QUIC's smoothed RTT of the session after the samples.
+    quic_rtt: Option<Duration>,
     path: String,
     tier: String,
     first: Duration,
@@ -228,7 +234,9 @@ async fn measure_pair(c: &mut Caller, target: &Value, node: String) -> Result<Pa
         times.push(t.elapsed());
     }
     times.sort();
+    let quic_rtt = peer_status(c, &node).await?["rtt_ms"].as_f64();
     Ok(PairRow {
+        quic_rtt: quic_rtt.map(|ms| Duration::from_secs_f64(ms / 1e3)),
         path,
         tier,
         first,
@@ -255,12 +263,17 @@ async fn echo(c: &mut Caller, target: &Value, text: &str) -> Result<()> {
 }
 
 async fn peer_path(c: &mut Caller, node: &str) -> Result<(String, String)> {
+    let p = peer_status(c, node).await?;
+    Ok((human(&p["path"]), human(&p["tier"])))
+}
+
+async fn peer_status(c: &mut Caller, node: &str) -> Result<Value> {
     let st = c.client.call("status", json!({})).await?;
     let peers = st["net"]["peers"].as_array().cloned().unwrap_or_default();
-    let p = peers.iter().find(|p| p["node"] == node);
-    Ok(p.map_or(("none".into(), "-".into()), |p| {
-        (human(&p["path"]), human(&p["tier"]))
-    }))
+    Ok(peers
+        .into_iter()
+        .find(|p| p["node"] == node)
+        .unwrap_or_else(|| json!({"path": "none", "tier": "-"})))
 }
 
 /// Streaming, input_required and an event fanned out to the other daemons.
