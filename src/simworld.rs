@@ -88,6 +88,8 @@ pub struct WorldDaemon {
     pub socket: PathBuf,
     /// Its NAT preset.
     pub preset: Preset,
+    /// Its NAT in the simulation (none for `Preset::Open`), for faults.
+    pub nat: Option<netsim::NatId>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), StartError>>,
 }
@@ -151,7 +153,7 @@ impl World {
                     link(s.latency, s.loss),
                 )
                 .map_err(topo)?;
-            hosts.push(site.host);
+            hosts.push((site.host, site.nat));
         }
         let net = SimNet::new(sim);
         let bind = |host, port| {
@@ -216,13 +218,15 @@ impl World {
             ..MeshConfig::default()
         };
         let mut daemons = Vec::new();
-        for (s, host) in sites.iter().zip(hosts) {
+        for (s, (host, nat)) in sites.iter().zip(hosts) {
             let binding = NetBinding {
                 udp: bind(host, DAEMON_PORT)?,
                 runtime: net.runtime(),
                 mesh: mesh.clone(),
             };
-            daemons.push(start_daemon(dir, s, binding)?);
+            let mut d = start_daemon(dir, s, binding)?;
+            d.nat = nat;
+            daemons.push(d);
         }
         Ok(World {
             net,
@@ -289,6 +293,7 @@ fn start_daemon(dir: &Path, s: &SiteSpec, binding: NetBinding) -> Result<WorldDa
         node_id,
         socket: config.socket,
         preset: s.preset,
+        nat: None,
         stop: Some(stop),
         task,
     })

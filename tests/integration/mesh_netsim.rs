@@ -254,3 +254,88 @@ async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possib
         wrong.join("\n")
     );
 }
+
+/// Fault: the NAT of one side reboots (mappings gone, a new public address) while
+/// requests flow on a direct path. The path falls back to the relay within seconds (keepalive misses; the relay
+/// link says hello again from the new mapping), and no request is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nat_reboot_mid_traffic_recovers_within_five_seconds_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = |name: &str, preset, ip: [u8; 4]| SiteSpec {
+        name: name.into(),
+        preset,
+        public_ip: Ipv4Addr::from(ip),
+        latency: Duration::from_millis(20),
+        loss: 0.0,
+    };
+    let sites = [
+        site("a", Preset::FullCone, [203, 0, 113, 150]),
+        site("b", Preset::PortRestrictedCone, [198, 51, 100, 150]),
+    ];
+    let world = World::start(dir.path(), &sites, 99).await.unwrap();
+    spawn_agent(
+        &world.daemons[1].socket,
+        "echo-b",
+        json!(["at-b"]),
+        json!([{"id": "echo", "name": "Echo"}]),
+    )
+    .await
+    .unwrap();
+    let mut c = Client::connect(&world.daemons[0].socket).await.unwrap();
+    let me = c
+        .call("register", json!({"manifest": {"name": "caller"}}))
+        .await
+        .unwrap()["agent_id"]
+        .clone();
+    let to = agent_id(&mut c, "b").await;
+    echo(&mut c, &me, &to).await.unwrap();
+    let node_b = world.daemons[1].node_id.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while peer_path(&mut c, &node_b).await.0 != "direct" {
+        assert!(Instant::now() < deadline, "never direct before the fault");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let nat = world.daemons[0].nat.expect("a is behind a NAT");
+    let mut completions = Vec::new();
+    let mut rebooted_at = None;
+    for i in 0..80u32 {
+        if i == 10 {
+            // The router reboots and its uplink comes back with another address.
+            world
+                .net
+                .with(|sim| {
+                    sim.reboot_nat(nat)?;
+                    sim.set_nat_external_ip(nat, Ipv4Addr::new(203, 0, 113, 151))
+                })
+                .unwrap();
+            rebooted_at = Some(Instant::now());
+        }
+        let r = c
+            .call(
+                "request",
+                json!({"from": me, "to": to, "skill": "echo", "input": i, "timeout_ms": 20000}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["state"], "completed", "request {i} lost: {r}");
+        assert_eq!(r["output"]["text"], json!(i.to_string()), "{r}");
+        completions.push(Instant::now());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rebooted_at = rebooted_at.unwrap();
+    let worst_gap = completions
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap();
+    let (path, tier) = peer_path(&mut c, &node_b).await;
+    eprintln!(
+        "NAT reboot: worst gap between responses {worst_gap:?}; 80 requests done {:?} after the reboot; now {path} ({tier})",
+        completions.last().unwrap().duration_since(rebooted_at)
+    );
+    world.shutdown().await;
+    assert!(
+        worst_gap < Duration::from_secs(5),
+        "recovery took {worst_gap:?}"
+    );
+}

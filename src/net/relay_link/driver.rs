@@ -71,9 +71,23 @@ pub struct Mail {
 #[derive(Debug)]
 pub struct RelayLinkHandle {
     status: watch::Receiver<RelayLinkStatus>,
+    poke: RelayLinkPoke,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     mail: Option<mpsc::Receiver<Mail>>,
+}
+
+/// Tells a running link that the network changed (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct RelayLinkPoke {
+    tx: mpsc::UnboundedSender<()>,
+}
+
+impl RelayLinkPoke {
+    /// The daemon's network changed: re-authenticate from the current mapping.
+    pub fn network_changed(&self) {
+        let _ = self.tx.send(());
+    }
 }
 
 /// Creates the link for node `key`: the sender for `MeshSocket::new`, and the driver to
@@ -109,7 +123,9 @@ impl RelayLinkDriver {
         let (tls_tx, tls_rx) = mpsc::channel(TLS_QUEUE);
         let (mail_tx, mail) = mpsc::channel(MAIL_QUEUE);
         let (stop, stop_rx) = oneshot::channel();
+        let (poke_tx, pokes) = mpsc::unbounded_channel();
         let driver = Driver {
+            pokes,
             state,
             mesh,
             outgoing: self.outgoing,
@@ -125,6 +141,7 @@ impl RelayLinkDriver {
         let task = tokio::spawn(driver.run(stop_rx));
         RelayLinkHandle {
             status,
+            poke: RelayLinkPoke { tx: poke_tx },
             stop: Some(stop),
             task,
             mail: Some(mail),
@@ -136,6 +153,11 @@ impl RelayLinkHandle {
     /// The link's status now.
     pub fn status(&self) -> RelayLinkStatus {
         self.status.borrow().clone()
+    }
+
+    /// A handle to tell the link the network changed.
+    pub fn poke(&self) -> RelayLinkPoke {
+        self.poke.clone()
     }
 
     /// A receiver that sees every status change.
@@ -182,6 +204,8 @@ fn snapshot(state: &RelayLinkState, extra_dropped: u64) -> RelayLinkStatus {
 }
 
 struct Driver {
+    /// Network-changed notices from the daemon.
+    pokes: mpsc::UnboundedReceiver<()>,
     state: RelayLinkState,
     mesh: MeshHandle,
     outgoing: mpsc::Receiver<(NodeId, Vec<u8>)>,
@@ -214,6 +238,7 @@ impl Driver {
             };
             tokio::select! {
                 _ = &mut stop => break,
+                Some(()) = self.pokes.recv() => self.state.network_changed(now()),
                 Some(input) = self.tls_rx.recv() => {
                     self.on_tls(input);
                     for _ in 0..BATCH {

@@ -37,7 +37,9 @@ use std::time::Duration;
 
 use agentmesh_proto::NodeId;
 
-pub use driver::{relay_link, Mail, RelayLinkDriver, RelayLinkHandle, RelayLinkSender};
+pub use driver::{
+    relay_link, Mail, RelayLinkDriver, RelayLinkHandle, RelayLinkPoke, RelayLinkSender,
+};
 pub use events::{DisconnectReason, LinkCounters, LinkEvent, LinkTransmit, TlsConnId};
 pub use state::RelayLinkState;
 

@@ -131,6 +131,16 @@ impl RelayLinkState {
         }
     }
 
+    /// Our network changed (a direct path died, a NAT may have rebooted): a UDP link
+    /// says hello again from whatever mapping the socket has now, instead of waiting
+    /// for missed pongs. A TLS link notices a broken connection by itself.
+    pub fn network_changed(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::UdpUp(_)) {
+            debug!("relay: network changed, saying hello again over udp");
+            self.start_udp_hello(now);
+        }
+    }
+
     /// Sends `packet` to `peer` through the relay, or queues it until connected.
     pub fn send(&mut self, peer: NodeId, packet: Vec<u8>) {
         if self.is_connected() {
