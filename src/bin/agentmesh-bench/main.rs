@@ -1,0 +1,354 @@
+//! agentmesh-bench: agentmesh side by side with its floor and a broker, all contenders
+//! in one process and interleaved in rounds so they share the machine's state.
+//!
+//! Parts: `rtt` (request/response between two agents on two daemons over the direct
+//! path vs a raw UDP ping-pong vs NATS request/reply), `relay-rtt` (the same agentmesh
+//! request with both daemons firewalled to the rendezvous and relay, so the path stays
+//! relayed), `stream` (one large QUIC stream: raw quinn vs the mesh socket direct vs
+//! through the relay), `footprint` (RSS of one idle daemon, CPU at a fixed request rate).
+//! Table on stdout, JSON in `target/bench/results.json`, progress on stderr.
+
+mod firewall;
+mod footprint;
+mod mesh;
+mod nats;
+mod report;
+mod stats;
+mod stream;
+mod udp;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::mesh::{MeshPair, Services, Want};
+use crate::report::{Report, RttRow};
+use crate::stats::Samples;
+
+/// Benchmarks agentmesh against a raw UDP floor, a NATS broker and raw quinn, on loopback.
+#[derive(Debug, Parser)]
+#[command(name = "agentmesh-bench")]
+struct Args {
+    /// Parts to run (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Part::all())]
+    parts: Vec<Part>,
+    /// Measured round trips per contender and payload.
+    #[arg(long, default_value_t = 2000)]
+    iterations: usize,
+    /// Round trips of one contender before the next takes its turn.
+    #[arg(long, default_value_t = 100)]
+    round: usize,
+    /// Request payload sizes in bytes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![64, 65536])]
+    payloads: Vec<usize>,
+    /// Size of the large stream in MiB (1024 for 1 GiB).
+    #[arg(long, default_value_t = 256)]
+    stream_mib: u64,
+    /// Transfers of the large stream per contender (interleaved); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    stream_runs: usize,
+    /// Keep the relay's default per-client rate limits (4 MiB/s, 8000 frames/s); by
+    /// default they are raised out of the way, as relay-bench does.
+    #[arg(long)]
+    relay_default_limits: bool,
+    /// Request rate for the CPU measurement of the footprint part.
+    #[arg(long, default_value_t = 200)]
+    cpu_rate: u32,
+    /// Seconds of the CPU measurement.
+    #[arg(long, default_value_t = 5)]
+    cpu_secs: u64,
+    /// Where the JSON goes.
+    #[arg(long, default_value = "target/bench/results.json")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Rtt,
+    RelayRtt,
+    Stream,
+    Footprint,
+}
+
+impl Part {
+    fn all() -> Vec<Part> {
+        vec![Part::Rtt, Part::RelayRtt, Part::Stream, Part::Footprint]
+    }
+}
+
+/// A request/response contender.
+enum Contender {
+    Udp(udp::UdpPingPong),
+    Nats(nats::Nats),
+    Mesh(MeshPair, &'static str),
+}
+
+/// One payload in each contender's form.
+struct Payload {
+    raw: Vec<u8>,
+    bytes: Bytes,
+    json: Value,
+}
+
+impl Payload {
+    fn new(n: usize) -> Payload {
+        let raw = vec![b'x'; n];
+        Payload {
+            bytes: Bytes::from(raw.clone()),
+            json: json!("x".repeat(n)),
+            raw,
+        }
+    }
+}
+
+impl Contender {
+    fn name(&self) -> &'static str {
+        match self {
+            Contender::Udp(_) => report::UDP,
+            Contender::Nats(_) => report::NATS,
+            Contender::Mesh(_, name) => name,
+        }
+    }
+
+    async fn once(&mut self, p: &Payload) -> anyhow::Result<Duration> {
+        match self {
+            Contender::Udp(u) => u.round_trip(&p.raw).await,
+            Contender::Nats(n) => n.round_trip(&p.bytes).await,
+            Contender::Mesh(m, _) => m.request(&p.json).await,
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    agentmesh_tlsid::install_default_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut report = Report {
+        meta: json!({
+            "iterations": args.iterations,
+            "round": args.round,
+            "payloads": args.payloads,
+            "stream_mib": args.stream_mib,
+            "relay_default_limits": args.relay_default_limits,
+            "load_average_before": load_average(),
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        }),
+        ..Report::default()
+    };
+    let limits = if args.relay_default_limits {
+        agentmesh_relay::limits::Limits::default()
+    } else {
+        mesh::bench_limits()
+    };
+    eprintln!("starting rendezvous and relay");
+    let services = mesh::start_services(dir.path(), limits).await?;
+    let has = |p: Part| args.parts.contains(&p);
+    if has(Part::Footprint) {
+        report.footprint = idle_daemon_rss(&services, dir.path()).await?;
+    }
+    let mut contenders = contenders(&args, &services, dir.path()).await?;
+    if !contenders.is_empty() {
+        report.rtt = rtt_rounds(&args, &mut contenders).await?;
+        report.paths = path_report(&mut contenders).await?;
+    }
+    if has(Part::Footprint) {
+        let direct = contenders.iter_mut().find_map(|c| match c {
+            Contender::Mesh(m, report::MESH_DIRECT) => Some(m),
+            _ => None,
+        });
+        let mut own = None;
+        let pair = match direct {
+            Some(p) => p,
+            None => own.insert(MeshPair::start(&services, dir.path(), Want::Direct).await?),
+        };
+        eprintln!(
+            "cpu at {} requests/s for {} s",
+            args.cpu_rate, args.cpu_secs
+        );
+        let cpu = footprint::cpu_at_rate(pair, args.cpu_rate, args.cpu_secs).await?;
+        if let Value::Object(o) = &mut report.footprint {
+            o.insert("cpu_direct_pair".into(), cpu);
+        }
+    }
+    drop(contenders);
+    if has(Part::Stream) {
+        report.stream = stream_part(&args, &services).await?;
+    }
+    report.meta["load_average_after"] = json!(load_average());
+    report.check_targets(&args.payloads);
+    report.print();
+    report.write_json(&args.out)?;
+    eprintln!("JSON written to {}", args.out.display());
+    Ok(())
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// RSS before and after one daemon starts and joins the mesh (idle, no agents).
+async fn idle_daemon_rss(s: &Services, dir: &std::path::Path) -> anyhow::Result<Value> {
+    eprintln!("footprint: RSS before/after one idle daemon");
+    let before = footprint::rss_kib()?;
+    let config = s.daemon_config(dir, "idle")?;
+    let daemon = mesh::run_daemon(&config, None).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = footprint::rss_kib()?;
+    drop(daemon);
+    Ok(json!({
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "idle_daemon_kib": after.saturating_sub(before),
+    }))
+}
+
+async fn contenders(
+    args: &Args,
+    s: &Services,
+    dir: &std::path::Path,
+) -> anyhow::Result<Vec<Contender>> {
+    let mut v = Vec::new();
+    if args.parts.contains(&Part::Rtt) {
+        eprintln!("rtt: starting UDP echo, nats-server, two daemons (direct)");
+        v.push(Contender::Udp(udp::UdpPingPong::start().await?));
+        v.push(Contender::Nats(nats::Nats::start(dir).await?));
+        let pair = MeshPair::start(s, dir, Want::Direct).await?;
+        v.push(Contender::Mesh(pair, report::MESH_DIRECT));
+    }
+    if args.parts.contains(&Part::RelayRtt) {
+        eprintln!("relay-rtt: starting two firewalled daemons (relay path)");
+        let pair = MeshPair::start(s, dir, Want::Relay).await?;
+        v.push(Contender::Mesh(pair, report::MESH_RELAY));
+    }
+    Ok(v)
+}
+
+/// Every payload: a short warm-up, then rounds of `round` round trips per contender,
+/// the contenders taking turns (the first one rotating).
+async fn rtt_rounds(args: &Args, cs: &mut [Contender]) -> anyhow::Result<Vec<RttRow>> {
+    let mut rows = Vec::new();
+    let round = args.round.max(1);
+    let rounds = args.iterations.div_ceil(round);
+    for &size in &args.payloads {
+        let p = Payload::new(size);
+        let mut samples = vec![Samples::default(); cs.len()];
+        for c in cs.iter_mut() {
+            for _ in 0..20 {
+                c.once(&p)
+                    .await
+                    .with_context(|| format!("warm-up {}", c.name()))?;
+            }
+        }
+        for r in 0..rounds {
+            eprintln!("rtt {size} B: round {}/{rounds}", r + 1);
+            for k in 0..cs.len() {
+                let i = (k + r) % cs.len();
+                for _ in 0..round {
+                    let d = cs[i].once(&p).await.with_context(|| cs[i].name())?;
+                    samples[i].push(d);
+                }
+            }
+        }
+        for (c, s) in cs.iter().zip(&samples) {
+            rows.push(RttRow {
+                contender: c.name().into(),
+                payload: size,
+                summary: s.summary(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The mesh pairs' peer status after the measurements (proof of the path used).
+async fn path_report(cs: &mut [Contender]) -> anyhow::Result<Value> {
+    let mut out = serde_json::Map::new();
+    for c in cs.iter_mut() {
+        if let Contender::Mesh(m, name) = c {
+            let peer = m.peer_status().await?;
+            let dropped = m.dropped();
+            eprintln!("{name}: peer {peer:?}; firewall dropped {dropped} datagrams");
+            out.insert(
+                (*name).into(),
+                json!({"peer": peer, "firewall_dropped_datagrams": dropped}),
+            );
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// Raw quinn, mesh socket direct and mesh socket through the relay, interleaved.
+async fn stream_part(args: &Args, s: &Services) -> anyhow::Result<Vec<report::StreamRow>> {
+    use agentmesh::net::relay_link::RelayLinkConfig;
+    use stream::Route;
+    let relay_udp = s.relay.udp_addr.context("relay without UDP")?;
+    let link = RelayLinkConfig::new(s.relay.relay_id, relay_udp, s.relay.tls_addr);
+    let nodes = [
+        (
+            report::QUINN,
+            stream::raw_node(11)?,
+            stream::raw_node(12)?,
+            Route::Plain,
+        ),
+        (
+            report::STREAM_DIRECT,
+            stream::mesh_node(13, link.clone())?,
+            stream::mesh_node(14, link.clone())?,
+            Route::Direct,
+        ),
+        (
+            report::STREAM_RELAY,
+            stream::mesh_node(15, link.clone())?,
+            stream::mesh_node(16, link)?,
+            Route::Relay,
+        ),
+    ];
+    let mut conns = Vec::new();
+    for (name, a, b, path) in &nodes {
+        a.relay_connected().await?;
+        b.relay_connected().await?;
+        conns.push((*name, stream::connect(a, b, *path).await?));
+    }
+    let total = args.stream_mib << 20;
+    let mut runs = vec![Vec::new(); conns.len()];
+    for r in 0..args.stream_runs.max(1) {
+        for k in 0..conns.len() {
+            let i = (k + r) % conns.len();
+            let (name, conn) = &conns[i];
+            eprintln!("stream run {}: {name}, {} MiB", r + 1, args.stream_mib);
+            let took = stream::transfer(conn, total).await.with_context(|| *name)?;
+            runs[i].push(total as f64 / 1048576.0 / took.as_secs_f64());
+        }
+    }
+    let rows = conns
+        .iter()
+        .zip(runs)
+        .map(|((name, _), runs)| report::StreamRow {
+            contender: (*name).into(),
+            bytes: total,
+            mib_per_s_median: report::median(&runs),
+            mib_per_s_runs: runs,
+        })
+        .collect();
+    for (_, conn) in &conns {
+        conn.close(0u32.into(), b"done");
+    }
+    for (_, a, b, _) in nodes {
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+    Ok(rows)
+}

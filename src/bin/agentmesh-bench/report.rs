@@ -1,0 +1,196 @@
+//! The results: rows for each part, the table printed on stdout, the targets checked,
+//! and the JSON written to `target/bench/results.json`.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::stats::Summary;
+
+/// One contender's round trips at one payload size.
+#[derive(Debug, Serialize)]
+pub(crate) struct RttRow {
+    pub(crate) contender: String,
+    pub(crate) payload: usize,
+    #[serde(flatten)]
+    pub(crate) summary: Summary,
+}
+
+/// One contender's large-stream runs.
+#[derive(Debug, Serialize)]
+pub(crate) struct StreamRow {
+    pub(crate) contender: String,
+    pub(crate) bytes: u64,
+    pub(crate) mib_per_s_runs: Vec<f64>,
+    pub(crate) mib_per_s_median: f64,
+}
+
+/// A target from the issue, checked.
+#[derive(Debug, Serialize)]
+pub(crate) struct Check {
+    pub(crate) target: String,
+    pub(crate) value: f64,
+    pub(crate) limit: f64,
+    pub(crate) pass: bool,
+}
+
+/// Everything measured in one run.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Report {
+    pub(crate) meta: Value,
+    pub(crate) rtt: Vec<RttRow>,
+    pub(crate) paths: Value,
+    pub(crate) stream: Vec<StreamRow>,
+    pub(crate) footprint: Value,
+    pub(crate) checks: Vec<Check>,
+}
+
+pub(crate) const UDP: &str = "raw UDP ping-pong";
+pub(crate) const NATS: &str = "NATS request/reply";
+pub(crate) const MESH_DIRECT: &str = "agentmesh direct";
+pub(crate) const MESH_RELAY: &str = "agentmesh relay";
+pub(crate) const QUINN: &str = "raw quinn";
+pub(crate) const STREAM_DIRECT: &str = "agentmesh direct (MeshSocket)";
+pub(crate) const STREAM_RELAY: &str = "agentmesh relay (MeshSocket + relay)";
+
+pub(crate) fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n => s[(n - 1) / 2],
+    }
+}
+
+impl Report {
+    fn p50(&self, contender: &str, payload: usize) -> Option<f64> {
+        self.rtt
+            .iter()
+            .find(|r| r.contender == contender && r.payload == payload)
+            .map(|r| r.summary.p50_us)
+    }
+
+    fn stream_rate(&self, contender: &str) -> Option<f64> {
+        self.stream
+            .iter()
+            .find(|r| r.contender == contender)
+            .map(|r| r.mib_per_s_median)
+    }
+
+    /// The issue's targets, for what was measured.
+    pub(crate) fn check_targets(&mut self, payloads: &[usize]) {
+        let mut checks = Vec::new();
+        let mut check = |target: String, value: Option<f64>, limit: f64, le: bool| {
+            if let Some(value) = value {
+                let pass = if le { value <= limit } else { value >= limit };
+                checks.push(Check {
+                    target,
+                    value,
+                    limit,
+                    pass,
+                });
+            }
+        };
+        for &p in payloads {
+            let direct = self.p50(MESH_DIRECT, p);
+            let ratio = |other: Option<f64>| direct.zip(other).map(|(d, o)| d / o);
+            check(
+                format!("{p} B: direct p50 / NATS p50 ≤ 1"),
+                ratio(self.p50(NATS, p)),
+                1.0,
+                true,
+            );
+            check(
+                format!("{p} B: direct p50 / UDP p50 ≤ 3"),
+                ratio(self.p50(UDP, p)),
+                3.0,
+                true,
+            );
+        }
+        let (raw, direct, relay) = (
+            self.stream_rate(QUINN),
+            self.stream_rate(STREAM_DIRECT),
+            self.stream_rate(STREAM_RELAY),
+        );
+        let frac = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+        check(
+            "stream: relay / direct ≥ 0.5".into(),
+            frac(relay, direct),
+            0.5,
+            false,
+        );
+        check(
+            "stream: direct / raw quinn ≥ 0.8".into(),
+            frac(direct, raw),
+            0.8,
+            false,
+        );
+        self.checks = checks;
+    }
+
+    /// The tables, for people.
+    pub(crate) fn print(&self) {
+        if !self.rtt.is_empty() {
+            println!("\nRequest/response round trip (µs)\n");
+            println!("| payload | contender | n | p50 | p99 | p50 ÷ UDP | p50 ÷ NATS |");
+            println!("|---:|---|---:|---:|---:|---:|---:|");
+            for r in &self.rtt {
+                let s = &r.summary;
+                let ratio = |c: &str| {
+                    self.p50(c, r.payload)
+                        .map_or("-".into(), |b| format!("{:.2}", s.p50_us / b))
+                };
+                println!(
+                    "| {} | {} | {} | {:.1} | {:.1} | {} | {} |",
+                    r.payload,
+                    r.contender,
+                    s.n,
+                    s.p50_us,
+                    s.p99_us,
+                    ratio(UDP),
+                    ratio(NATS)
+                );
+            }
+        }
+        if !self.stream.is_empty() {
+            println!("\nOne large stream (MiB/s, median of runs)\n");
+            println!("| contender | MiB | MiB/s | runs | ÷ raw quinn |");
+            println!("|---|---:|---:|---|---:|");
+            let raw = self.stream_rate(QUINN);
+            for r in &self.stream {
+                let runs: Vec<String> =
+                    r.mib_per_s_runs.iter().map(|x| format!("{x:.0}")).collect();
+                let rel = raw.map_or("-".into(), |q| format!("{:.2}", r.mib_per_s_median / q));
+                println!(
+                    "| {} | {} | {:.1} | {} | {} |",
+                    r.contender,
+                    r.bytes >> 20,
+                    r.mib_per_s_median,
+                    runs.join(" / "),
+                    rel
+                );
+            }
+        }
+        if !self.footprint.is_null() {
+            println!("\nFootprint: {}", self.footprint);
+        }
+        if !self.checks.is_empty() {
+            println!("\nTargets\n");
+            println!("| target | value | pass |");
+            println!("|---|---:|---|");
+            for c in &self.checks {
+                let pass = if c.pass { "yes" } else { "NO" };
+                println!("| {} | {:.2} | {} |", c.target, c.value, pass);
+            }
+        }
+    }
+
+    pub(crate) fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+}
