@@ -7,9 +7,10 @@
 //!
 //! 1. every unordered pair of sites: discovery, an `echo` request a→b, and the path a
 //!    settles on for b, judged by the oracle `punch_matrix::expected`;
-//! 2. faults on a direct pair: the relay dies (nothing noticed), the rendezvous dies
-//!    (sessions keep working, `discover` fails with DEPENDENCY_FAILED) and comes back
-//!    with the same key and database (discovery works again).
+//! 2. faults on a direct pair: the relay dies (nothing noticed); the rendezvous stops,
+//!    then crashes (its host drops every packet, as after `kill -9`): each time sessions
+//!    keep working, `discover` fails with DEPENDENCY_FAILED, and once it is back with
+//!    the same key and database discovery works again within 30 s.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -518,8 +519,29 @@ async fn faults(sites: &[Site], lab: &Lab, rv: &mut Service, relay: &mut Service
     );
     eprintln!("relay killed: 20 requests on the direct pair, slowest {slowest:?}; {peer}");
 
-    // The rendezvous dies: the session keeps working, discovery fails clearly.
-    tokio::task::block_in_place(|| rv.stop());
+    // The rendezvous stops (its sessions are closed), then it crashes (no close at all).
+    for crash in [false, true] {
+        rendezvous_outage(lab, rv, rv_dir, (&mut c, &me, &target), crash).await;
+    }
+}
+
+/// The rendezvous goes away (gracefully, or `crash`: its host drops every packet, as
+/// after `kill -9` or a power cut): the session keeps working and discovery fails with
+/// DEPENDENCY_FAILED; then it comes back as a fresh process with the same key and
+/// database and discovery works again within 30 s (three heartbeats).
+async fn rendezvous_outage(
+    lab: &Lab,
+    rv: &mut Service,
+    rv_dir: &Path,
+    (c, me, target): (&mut Client, &Value, &Value),
+    crash: bool,
+) {
+    let how = if crash { "crashed" } else { "stopped" };
+    if crash {
+        silence(lab, "rv", true);
+    } else {
+        tokio::task::block_in_place(|| rv.stop());
+    }
     let t = Instant::now();
     let err = loop {
         match c
@@ -528,7 +550,7 @@ async fn faults(sites: &[Site], lab: &Lab, rv: &mut Service, relay: &mut Service
         {
             Err(e) => break e.to_string(),
             Ok(v) => assert!(
-                t.elapsed() < Duration::from_secs(20),
+                t.elapsed() < Duration::from_secs(40),
                 "discovery kept working: {v}"
             ),
         }
@@ -539,21 +561,57 @@ async fn faults(sites: &[Site], lab: &Lab, rv: &mut Service, relay: &mut Service
         "{err}"
     );
     eprintln!(
-        "rendezvous killed: discover fails after {:?}: {err}",
+        "rendezvous {how}: discover fails after {:?}: {err}",
         t.elapsed()
     );
-    echo(&mut c, &me, &target, "still here").await.unwrap();
-
-    // It comes back (same key, same database): discovery works again.
-    *rv = tokio::task::block_in_place(|| start_rendezvous(lab, "rv", rv_dir));
-    let t = Instant::now();
-    let again = discover_one(&mut c, "site-2", Duration::from_secs(45))
+    echo(c, me, target, &format!("still here ({how})"))
         .await
         .unwrap();
-    assert_eq!(again["id"], target, "{again}");
+
+    tokio::task::block_in_place(|| rv.stop());
+    if crash {
+        silence(lab, "rv", false);
+    }
+    *rv = tokio::task::block_in_place(|| start_rendezvous(lab, "rv", rv_dir));
+    let t = Instant::now();
+    let again = discover_one(c, "site-2", Duration::from_secs(30)).await;
+    let again = again.unwrap_or_else(|e| panic!("rendezvous {how} and restarted: {e}"));
+    assert_eq!(&again["id"], target, "{again}");
     eprintln!(
-        "rendezvous restarted: discovery works again after {:?}",
+        "rendezvous {how} and restarted: discovery works again after {:?}",
         t.elapsed()
     );
-    echo(&mut c, &me, &target, "after restart").await.unwrap();
+    echo(c, me, target, &format!("after restart ({how})"))
+        .await
+        .unwrap();
+}
+
+/// Drops every packet into and out of `node` (a crashed host), or lets them pass again.
+fn silence(lab: &Lab, node: &str, on: bool) {
+    let cmds: &[&[&str]] = if on {
+        &[
+            &["add", "table", "inet", "amcrash"],
+            &[
+                "add",
+                "chain",
+                "inet",
+                "amcrash",
+                "in",
+                "{ type filter hook input priority 0; policy drop; }",
+            ],
+            &[
+                "add",
+                "chain",
+                "inet",
+                "amcrash",
+                "out",
+                "{ type filter hook output priority 0; policy drop; }",
+            ],
+        ]
+    } else {
+        &[&["delete", "table", "inet", "amcrash"]]
+    };
+    for args in cmds {
+        lab.exec(node, "nft", args).unwrap();
+    }
 }
