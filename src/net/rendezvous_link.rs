@@ -26,11 +26,14 @@ use crate::router::{Announce, Lookup};
 /// How often local agents are heartbeated (the rendezvous forgets them after 45 s).
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// Unanswered heartbeats (10 s timeout each) before the session is given up.
+const MISSED_BEATS: u32 = 2;
+
 /// How long a QUIC login may take before TCP/TLS is tried.
 const QUIC_TRY: Duration = Duration::from_secs(3);
 
 /// Longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Where the rendezvous is and how to join its tenant.
 #[derive(Debug, Clone)]
@@ -212,8 +215,17 @@ impl RendezvousLink {
     ) {
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.tick().await;
+        let (dead_tx, mut dead) = mpsc::unbounded_channel();
+        let mut missed = 0u32;
         loop {
             tokio::select! {
+                Some(answered) = dead.recv() => {
+                    missed = if answered { 0 } else { missed + 1 };
+                    if missed >= MISSED_BEATS {
+                        warn!(rendezvous = %self.config.addr, "the rendezvous stopped answering");
+                        break;
+                    }
+                }
                 ev = events.recv() => match ev {
                     Some(ev) => self.on_event(ev),
                     None => break,
@@ -222,7 +234,7 @@ impl RendezvousLink {
                     Some(cmd) => self.handle(cmd),
                     None => break,
                 },
-                _ = beat.tick() => self.heartbeat(client.clone()),
+                _ = beat.tick() => self.heartbeat(client.clone(), dead_tx.clone()),
             }
         }
         self.lock().client = None;
@@ -309,19 +321,26 @@ impl RendezvousLink {
         }
     }
 
-    fn heartbeat(&self, client: Arc<Client>) {
+    /// Heartbeats the local agents (or pings when there are none) and reports on
+    /// `answered` whether the rendezvous answered, so a crashed rendezvous is left after
+    /// two silent beats rather than after QUIC's idle timeout.
+    fn heartbeat(&self, client: Arc<Client>, answered: mpsc::UnboundedSender<bool>) {
         let agents: Vec<_> = self
             .lock()
             .agents
             .values()
             .map(|m| (m.id, m.availability))
             .collect();
-        if agents.is_empty() {
-            return;
-        }
         let mirror: Vec<Manifest> = self.lock().agents.values().cloned().collect();
         tokio::spawn(async move {
-            match client.heartbeat(agents).await {
+            if agents.is_empty() {
+                let ok = client.ping().await.is_ok();
+                let _ = answered.send(ok);
+                return;
+            }
+            let result = client.heartbeat(agents).await;
+            let _ = answered.send(result.is_ok());
+            match result {
                 Ok(unknown) if !unknown.is_empty() => {
                     let again: Vec<Manifest> = mirror
                         .into_iter()
