@@ -9,7 +9,6 @@
 //! `quinn`). Time is tokio's clock: the system's unless the runtime's clock is paused.
 
 mod admin;
-mod socket;
 mod tls;
 mod udp;
 
@@ -27,9 +26,9 @@ use crate::config::Config;
 use crate::core::{ConnId, Event, Relay, TICK};
 use crate::metrics::Snapshot;
 use crate::store::MailStore;
-pub use socket::DatagramSocket;
+pub use agentmesh_dgram::DatagramSocket;
 #[cfg(feature = "quinn")]
-pub use socket::QuinnDatagram;
+pub use agentmesh_dgram::QuinnDatagram;
 
 /// The store type the server runs with.
 pub type BoxStore = Box<dyn MailStore + Send>;

@@ -8,8 +8,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::socket::DatagramSocket;
 use super::{Direction, ServerError, Shared};
+use agentmesh_dgram::DatagramSocket;
 
 /// Datagrams taken from the core per lock.
 const BATCH: usize = 64;

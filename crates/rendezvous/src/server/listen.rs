@@ -15,10 +15,10 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::session::{self, Peer};
-use super::socket::DatagramSocket;
 use super::udp::{stun_only, StunDivert};
 use super::{admin, Running, ServeError, Shared, Sockets};
 use crate::config::Config;
+use agentmesh_dgram::DatagramSocket;
 
 /// Time a peer gets to finish the QUIC or TLS handshake and open its stream.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,7 +10,6 @@
 mod admin;
 mod listen;
 mod session;
-mod socket;
 mod udp;
 
 use std::collections::HashMap;
@@ -26,8 +25,8 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::core::{ConnId, Output, Server, StoreOp};
 use crate::store::{Store, StoreError};
+pub use agentmesh_dgram::{DatagramSocket, QuinnDatagram};
 use session::ConnCmd;
-pub use socket::{DatagramSocket, QuinnDatagram};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]

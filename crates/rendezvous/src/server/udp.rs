@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
-use super::socket::DatagramSocket;
 use crate::stun;
+use agentmesh_dgram::DatagramSocket;
 
 /// Most STUN datagrams answered in one `poll_recv` before yielding.
 const MAX_DIVERTED_PER_POLL: usize = 64;

@@ -1,11 +1,7 @@
-//! Sockets the service can run on without binding them itself: [`DatagramSocket`] (what
-//! the second STUN responder needs: receive from, send to) with its implementation for
-//! tokio's `UdpSocket`, and [`QuinnDatagram`], which turns any `quinn::AsyncUdpSocket`
-//! (a real quinn socket, or a simulated one such as netsim's `SimUdpSocket`) into one.
+//! [`QuinnDatagram`]: any `quinn::AsyncUdpSocket` as a [`DatagramSocket`].
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::poll_fn;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,68 +10,11 @@ use std::task::{ready, Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use tokio::io::ReadBuf;
+
+use crate::DatagramSocket;
 
 /// Receive buffer for sockets that may return GRO batches.
 const GRO_BUF: usize = 64 * 1024;
-
-/// A datagram socket: receive from anyone, send to anyone.
-pub trait DatagramSocket: Send + Sync + fmt::Debug {
-    /// Receives one datagram into `buf` (truncated to its length): length and sender.
-    fn poll_recv_from(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<(usize, SocketAddr)>>;
-
-    /// Sends `buf` as one datagram to `to`.
-    fn poll_send_to(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-        to: SocketAddr,
-    ) -> Poll<io::Result<usize>>;
-
-    /// The bound address.
-    fn local_addr(&self) -> io::Result<SocketAddr>;
-}
-
-impl dyn DatagramSocket {
-    /// Waits for one datagram.
-    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        poll_fn(|cx| self.poll_recv_from(cx, buf)).await
-    }
-
-    /// Sends one datagram.
-    pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        poll_fn(|cx| self.poll_send_to(cx, buf, to)).await
-    }
-}
-
-impl DatagramSocket for tokio::net::UdpSocket {
-    fn poll_recv_from(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<(usize, SocketAddr)>> {
-        let mut rb = ReadBuf::new(buf);
-        let from = ready!(tokio::net::UdpSocket::poll_recv_from(self, cx, &mut rb))?;
-        Poll::Ready(Ok((rb.filled().len(), from)))
-    }
-
-    fn poll_send_to(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-        to: SocketAddr,
-    ) -> Poll<io::Result<usize>> {
-        tokio::net::UdpSocket::poll_send_to(self, cx, buf, to)
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        tokio::net::UdpSocket::local_addr(self)
-    }
-}
 
 /// A `quinn::AsyncUdpSocket` used as a [`DatagramSocket`] (e.g. netsim's `SimUdpSocket`
 /// for a simulated second STUN address). Segments of a GRO batch are returned one by one.
