@@ -369,6 +369,25 @@ async fn agents_on_two_daemons_work_together_and_the_path_goes_direct() {
         out.starts_with(&format!("reply from {}", &node_of(&cb)[..9])),
         "{out}"
     );
+    // `agentmesh status` shows the NAT class, the relay and the peer's path and tier.
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentmesh"))
+        .arg("--socket")
+        .arg(&ca.socket)
+        .arg("status")
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success(), "{out}");
+    for want in [
+        "nat       none",
+        "relay     ",
+        "PEER",
+        "direct-lan",
+        &node_of(&cb),
+    ] {
+        assert!(out.contains(want), "status lacks {want:?}:\n{out}");
+    }
 
     // An event from A reaches a subscriber on B (once the subscription index arrived).
     let mut sub = Client::connect(&cb.socket).await.unwrap();

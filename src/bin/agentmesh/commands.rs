@@ -73,9 +73,65 @@ async fn status(client: &mut Client, as_json: bool) -> Result<()> {
         &["AGENT", "NAME", "CAPABILITIES", "SKILLS", "ACTIVE"],
         &rows,
     );
-    let peers = st["peers"].as_array().map_or(0, Vec::len);
-    println!("\npeers     {peers}");
+    print_net(&st["net"]);
     Ok(())
+}
+
+/// The network part of `status`: NAT class, addresses, relay, rendezvous, and a table
+/// of peers with their path, tier, RTT and bytes.
+fn print_net(net: &Value) {
+    if net.is_null() {
+        println!("\nnetwork   none (no [rendezvous] configured: this host's agents only)");
+        return;
+    }
+    println!();
+    println!("nat       {}", human(&net["nat"]));
+    println!("public    {}", join(&net["public_addrs"]));
+    println!("local     {}", human(&net["local_addr"]));
+    let relay = &net["relay"];
+    if !relay.is_null() {
+        let state = if relay["connected"] == true {
+            "connected"
+        } else {
+            "not connected"
+        };
+        println!(
+            "relay     {} {state} ({})",
+            human(&relay["addr"]),
+            human(&relay["transport"])
+        );
+    }
+    let rv = &net["rendezvous"];
+    if !rv.is_null() {
+        let state = if rv["connected"] == true {
+            "connected"
+        } else {
+            "not connected"
+        };
+        println!("rendezvous {state}, sees us at {}", human(&rv["observed"]));
+    }
+    let ms = |v: &Value| v.as_f64().map_or(String::new(), |x| format!("{x:.1} ms"));
+    let rows: Vec<Vec<String>> = net["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            vec![
+                human(&p["node"]),
+                human(&p["path"]),
+                human(&p["tier"]),
+                human(&p["addr"]),
+                ms(&p["rtt_ms"]),
+                human(&p["bytes_sent"]),
+                human(&p["bytes_received"]),
+            ]
+        })
+        .collect();
+    println!();
+    table(
+        &["PEER", "PATH", "TIER", "ADDRESS", "RTT", "SENT", "RECEIVED"],
+        &rows,
+    );
 }
 
 async fn ping(client: &mut Client, a: PingArgs, as_json: bool) -> Result<()> {
