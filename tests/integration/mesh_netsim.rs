@@ -62,6 +62,9 @@ struct Cell {
     tier: String,
     first: Duration,
     to_direct: Option<Duration>,
+    /// Round trip between the two hosts: each site is two links (host–NAT, NAT–internet)
+    /// of its latency, each way.
+    rtt: Duration,
 }
 
 async fn agent_id(c: &mut Client, site: &str) -> Value {
@@ -117,6 +120,13 @@ async fn echo(c: &mut Client, me: &Value, to: &Value) -> Result<(), String> {
 async fn run_pair(world: &World, a: usize, b: usize) -> Cell {
     let (da, db) = (&world.daemons[a], &world.daemons[b]);
     let (want_direct, why) = expected(da.preset, db.preset);
+    let lat = |name: &str| {
+        sites()
+            .into_iter()
+            .find(|s| s.name == name)
+            .map_or(Duration::ZERO, |s| s.latency)
+    };
+    let rtt = (lat(&da.name) + lat(&db.name)) * 4;
     let mut c = Client::connect(&da.socket).await.unwrap();
     let me = c
         .call(
@@ -158,6 +168,7 @@ async fn run_pair(world: &World, a: usize, b: usize) -> Cell {
         tier,
         first,
         to_direct,
+        rtt,
     }
 }
 
@@ -201,13 +212,14 @@ async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possib
     let jobs: Vec<Job> = parallel.into_iter().chain(serial).collect();
 
     let mut grid = String::from(
-        "pair                                        expect  got     tier               first     to direct\n",
+        "pair                                        expect  got     tier               first     to direct   rtt    first/rtt direct/rtt\n",
     );
     let mut wrong = Vec::new();
     for c in &cells {
         let got_direct = c.path == "direct";
+        let in_rtts = |d: Duration| d.as_secs_f64() / c.rtt.as_secs_f64().max(1e-9);
         grid.push_str(&format!(
-            "{:<43} {:<7} {:<7} {:<18} {:>6} ms {}\n",
+            "{:<43} {:<7} {:<7} {:<18} {:>6} ms {:>9} {:>4} ms {:>9.1} {:>10}\n",
             c.pair,
             if c.want_direct { "direct" } else { "relay" },
             c.path,
@@ -215,6 +227,10 @@ async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possib
             c.first.as_millis(),
             c.to_direct
                 .map_or("-".into(), |d| format!("{} ms", d.as_millis())),
+            c.rtt.as_millis(),
+            in_rtts(c.first),
+            c.to_direct
+                .map_or("-".into(), |d| format!("{:.1}", in_rtts(d))),
         ));
         if got_direct != c.want_direct {
             wrong.push(format!(
