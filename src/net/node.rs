@@ -27,7 +27,7 @@ use super::portmap::{PortMapper, PortMapperConfig};
 use super::reflexive::{Reflexive, SelfView};
 use super::relay_link::{relay_link, RelayLinkConfig, RelayLinkHandle, RelayLinkStatus};
 use super::rendezvous_link::{Command, RendezvousConfig, RendezvousLink};
-use super::routes::{Path, Routes};
+use super::routes::Routes;
 use super::status;
 use crate::api::RouterHandle;
 use crate::router::{NetSource, Output};
@@ -369,10 +369,7 @@ fn start_portmap(
 }
 
 fn path_event(c: &PathChange) -> Value {
-    let (path, addr) = match c.path {
-        Path::Direct(a) => ("direct", Some(a.to_string())),
-        Path::Relay => ("relay", None),
-    };
+    let (path, addr) = c.path.describe();
     json!({
         "node": c.node,
         "path": path,

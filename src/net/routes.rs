@@ -28,6 +28,16 @@ struct Table {
     next: u32,
 }
 
+impl Path {
+    /// How status and `path` events name it: `"direct"` with the address, or `"relay"`.
+    pub fn describe(&self) -> (&'static str, Option<String>) {
+        match self {
+            Path::Direct(a) => ("direct", Some(a.to_string())),
+            Path::Relay => ("relay", None),
+        }
+    }
+}
+
 /// The peer → path table shared by the socket and the path finder.
 #[derive(Debug, Default)]
 pub struct Routes {

@@ -15,7 +15,6 @@ use super::peers::Sessions;
 use super::reflexive::SelfView;
 use super::relay_link::{RelayLinkStatus, RelayTransport};
 use super::rendezvous_link::RendezvousLink;
-use super::routes::Path;
 
 /// Everything the status is read from.
 #[derive(Clone)]
@@ -63,10 +62,7 @@ impl Sources {
     fn peers(&self) -> Vec<Value> {
         let mut peers: BTreeMap<String, Value> = BTreeMap::new();
         for p in self.paths.info() {
-            let (path, addr) = match p.path {
-                Path::Direct(a) => ("direct", Some(a.to_string())),
-                Path::Relay => ("relay", None),
-            };
+            let (path, addr) = p.path.describe();
             peers.insert(
                 p.node.to_string(),
                 json!({
