@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<peer::RequesterFrame>(data, DEFAULT_MAX_FRAME);
     let _ = decode::<peer::ResponderFrame>(data, DEFAULT_MAX_FRAME);
     let _ = decode::<peer::OnewayFrame>(data, DEFAULT_MAX_FRAME);
+    let _ = agentmesh_proto::frame::from_bytes::<peer::StoredFrame>(data);
     let _ = decode_datagram::<relay::ClientMsg>(data, 2048);
     let _ = relay::decode_datagram::<relay::ClientMsg>(data, 2048);
     let _ = relay::decode_datagram::<relay::RelayMsg>(data, 2048);

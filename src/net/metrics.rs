@@ -59,6 +59,8 @@ pub struct NetMetrics {
     pub sources: Sources,
     /// Path change counters kept by the status feed.
     pub changes: Arc<PathCounters>,
+    /// Store-and-forward counters.
+    pub mail: Arc<crate::net::mailbox::MailCounters>,
 }
 
 /// A Prometheus text page being written.
@@ -128,6 +130,29 @@ impl Page {
         self.sessions(&m.sources);
         self.socket(&m.sources);
         self.links(&m.sources);
+        self.mail(&m.mail);
+    }
+
+    fn mail(&mut self, c: &crate::net::mailbox::MailCounters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.family(
+            "agentmesh_mail_stored_total",
+            "counter",
+            "Requests for unreachable nodes left at the relay, by outcome.",
+            &[
+                ("outcome=\"stored\"".into(), c.stored.load(Relaxed)),
+                ("outcome=\"failed\"".into(), c.store_failed.load(Relaxed)),
+            ],
+        );
+        self.family(
+            "agentmesh_mail_received_total",
+            "counter",
+            "Stored messages the relay delivered to this node, by outcome.",
+            &[
+                ("outcome=\"delivered\"".into(), c.delivered.load(Relaxed)),
+                ("outcome=\"rejected\"".into(), c.rejected.load(Relaxed)),
+            ],
+        );
     }
 
     fn paths(&mut self, m: &NetMetrics) {

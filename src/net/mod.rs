@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod demux;
+pub mod mailbox;
 pub mod mesh_socket;
 pub mod metrics;
 pub mod node;

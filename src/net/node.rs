@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 
 use super::demux::Kind;
+use super::mailbox::{deliver_mail, MailCounters, Mailbox};
 use super::mesh_socket::{Diverted, MeshHandle, MeshSocket, RelayLink};
 use super::metrics::{NetMetrics, PathCounters};
 use super::paths::{PathChange, Paths};
@@ -93,6 +94,9 @@ impl RelayLink for NoRelay {
     }
 }
 
+/// Longest a shutdown waits for its close frames to leave.
+const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// The running network of one daemon.
 pub struct MeshNode {
     endpoint: Endpoint,
@@ -107,6 +111,8 @@ pub struct MeshNode {
     mesh: MeshHandle,
     /// Path changes counted for metrics (punch successes by tier).
     changes: Arc<PathCounters>,
+    /// Store-and-forward counters.
+    mail: Arc<MailCounters>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -140,7 +146,19 @@ impl MeshNode {
         )?;
         let mut tasks = Vec::new();
         let (relay_tx, relay_rx) = mpsc::channel(1024);
-        let relay = relay_driver.map(|d| d.spawn(mesh.clone(), relay_rx));
+        let mut relay = relay_driver.map(|d| d.spawn(mesh.clone(), relay_rx));
+        let mail_counters = Arc::new(MailCounters::default());
+        let mailbox = Mailbox::new(
+            key.clone(),
+            relay.as_ref().map(|r| r.storer()),
+            router.clone(),
+            mail_counters.clone(),
+        );
+        let gone = relay.as_mut().and_then(|r| r.take_peer_gone());
+        if let Some(mail) = relay.as_mut().and_then(|r| r.take_mail()) {
+            let delivery = deliver_mail(mail, key.clone(), router.clone(), mail_counters.clone());
+            tasks.push(tokio::spawn(delivery));
+        }
         let relay_tier = relay.as_ref().map(|_| Tier::RelayUdp);
         let (paths, intro_rx, change_rx) = Paths::new(
             key.clone(),
@@ -158,6 +176,14 @@ impl MeshNode {
             paths.clone(),
         );
         tasks.push(tokio::spawn(sessions.clone().accept_loop()));
+        if let Some(mut gone) = gone {
+            let sessions = sessions.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(node) = gone.recv().await {
+                    sessions.peer_absent(node);
+                }
+            }));
+        }
         let (rdv_tx, rdv_rx) = mpsc::unbounded_channel();
         let rendezvous = config.rendezvous.as_ref().map(|rc| {
             let link = RendezvousLink::new(
@@ -167,6 +193,7 @@ impl MeshNode {
                 router.clone(),
                 paths.clone(),
                 config.relay.as_ref().map(|r| r.udp_addr.to_string()),
+                sessions.absence(),
             );
             tasks.push(tokio::spawn(link.clone().run(rdv_rx)));
             link
@@ -203,6 +230,7 @@ impl MeshNode {
             router.clone(),
             rdv_tx.clone(),
             rendezvous.is_some(),
+            mailbox,
         )));
         tasks.push(tokio::spawn(forward_intros(intro_rx, rdv_tx)));
         let node = MeshNode {
@@ -216,6 +244,7 @@ impl MeshNode {
             stun_kick,
             mesh,
             changes: Arc::default(),
+            mail: mail_counters,
             tasks,
         };
         let feed = node.status_feed(router, change_rx);
@@ -245,6 +274,7 @@ impl MeshNode {
         NetMetrics {
             sources: self.sources(),
             changes: self.changes.clone(),
+            mail: self.mail.clone(),
         }
     }
 
@@ -318,6 +348,9 @@ impl MeshNode {
     pub async fn shutdown(self) {
         self.sessions.close_all();
         self.endpoint.close(0u32.into(), b"shutdown");
+        // Let the close frames leave (peers then know at once that we are gone), but
+        // never hold the shutdown for long.
+        let _ = tokio::time::timeout(CLOSE_FLUSH, self.endpoint.wait_idle()).await;
         for t in &self.tasks {
             t.abort();
         }
@@ -406,6 +439,7 @@ async fn dispatch_outputs(
     router: RouterHandle,
     rendezvous: mpsc::UnboundedSender<Command>,
     has_rendezvous: bool,
+    mailbox: Mailbox,
 ) {
     while let Some(out) = outputs.recv().await {
         match out {
@@ -427,6 +461,11 @@ async fn dispatch_outputs(
                 let run = ping::run(*job, sessions.clone(), paths.clone(), router.clone());
                 tokio::spawn(run);
             }
+            Output::Store {
+                node,
+                task_id,
+                frame,
+            } => mailbox.store(node, task_id, *frame),
             Output::Send { .. } => {} // local; the API server delivers these
         }
     }

@@ -354,6 +354,18 @@ impl PathSetup for Paths {
     fn incoming(&self, node: NodeId) {
         self.ensure(node);
     }
+
+    fn peer_left(&self, node: NodeId) {
+        let relay = {
+            let mut t = self.lock();
+            t.peers.remove(&node);
+            t.relay_tier.is_some()
+        };
+        if relay {
+            self.routes.set_path(node, Path::Relay);
+        }
+        debug!(peer = %node.short(), "peer daemon left: its path starts over");
+    }
 }
 
 /// The punch session both sides of an introduction agree on without talking: each

@@ -16,7 +16,7 @@ use agentmesh_proto::rendezvous::RvErrorCode;
 use agentmesh_proto::{AgentId, ErrorCode, ErrorObject, Manifest, NodeId, SecretKey};
 use agentmesh_rendezvous::client::{Client, ClientError, Event, Join, Target};
 use indexmap::IndexMap;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 
 use super::paths::Paths;
@@ -80,6 +80,8 @@ pub struct RendezvousLink {
     key: SecretKey,
     router: RouterHandle,
     paths: Arc<Paths>,
+    /// Where a node the rendezvous says is offline is reported (fails a dial early).
+    absent: broadcast::Sender<NodeId>,
     mirror: Mutex<Mirror>,
 }
 
@@ -92,6 +94,7 @@ impl RendezvousLink {
         router: RouterHandle,
         paths: Arc<Paths>,
         home_relay: Option<String>,
+        absent: broadcast::Sender<NodeId>,
     ) -> Arc<Self> {
         Arc::new(RendezvousLink {
             config,
@@ -99,6 +102,7 @@ impl RendezvousLink {
             key,
             router,
             paths,
+            absent,
             mirror: Mutex::new(Mirror {
                 home_relay,
                 ..Mirror::default()
@@ -304,8 +308,15 @@ impl RendezvousLink {
                 });
             }
             Command::Introduce(node) => {
+                let absent = self.absent.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = client.introduce(node).await {
+                    let result = client.introduce(node).await;
+                    if let Err(ClientError::Refused(e)) = &result {
+                        if e.code == RvErrorCode::UnknownNode {
+                            let _ = absent.send(node);
+                        }
+                    }
+                    if let Err(e) = result {
                         debug!(error = %e, peer = %node.short(), "introduction not asked");
                     }
                 });

@@ -1,7 +1,9 @@
 //! What this daemon has learned from the rendezvous about agents on other daemons: a
 //! bounded, expiring map agent id → (node, manifest, learned at), filled by every
-//! lookup answer and read by `request` so a repeated `to` needs no new lookup; and how
-//! a capability request picks one of several remote agents.
+//! lookup answer and read by `request` so a repeated `to` needs no new lookup; the last
+//! known node of an agent whose daemon went away (for store-and-forward, when the
+//! rendezvous no longer lists it); and how a capability request picks one of several
+//! remote agents.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +17,8 @@ use indexmap::IndexMap;
 pub(super) const DIRECTORY_CAPACITY: usize = 4096;
 /// How long a learned location is trusted before a new lookup.
 pub(super) const DIRECTORY_TTL: Duration = Duration::from_secs(60);
+/// How long the last known node of an agent is remembered for store-and-forward.
+pub(super) const LAST_KNOWN_TTL: Duration = Duration::from_secs(3600);
 
 /// One remote agent as the rendezvous described it.
 #[derive(Debug, Clone)]
@@ -25,6 +29,8 @@ pub(super) struct DirEntry {
     pub(super) manifest: Arc<Manifest>,
     /// When the rendezvous said so.
     learned: Instant,
+    /// False once its node was unreachable: then only [`Directory::last_known`] finds it.
+    reachable: bool,
 }
 
 /// Remote agents by id, in the order they were learned.
@@ -47,6 +53,7 @@ impl Directory {
                 node: record.node,
                 manifest: Arc::clone(&record.manifest),
                 learned: now,
+                reachable: true,
             },
         );
     }
@@ -55,7 +62,15 @@ impl Directory {
     pub(super) fn get(&self, id: &AgentId, now: Instant) -> Option<&DirEntry> {
         self.entries
             .get(id)
-            .filter(|e| now.saturating_duration_since(e.learned) < DIRECTORY_TTL)
+            .filter(|e| e.reachable && now.saturating_duration_since(e.learned) < DIRECTORY_TTL)
+    }
+
+    /// Where `id` was last known to live (also after its node became unreachable), if
+    /// learned less than [`LAST_KNOWN_TTL`] ago.
+    pub(super) fn last_known(&self, id: &AgentId, now: Instant) -> Option<&DirEntry> {
+        self.entries
+            .get(id)
+            .filter(|e| now.saturating_duration_since(e.learned) < LAST_KNOWN_TTL)
     }
 
     /// Forgets one agent (it answered that it is gone).
@@ -63,12 +78,15 @@ impl Directory {
         self.entries.shift_remove(id);
     }
 
-    /// Forgets every agent of a node (the node is unreachable).
+    /// Stops using the agents of a node (the node is unreachable); they stay known as
+    /// last seen there.
     pub(super) fn forget_node(&mut self, node: NodeId) {
-        self.entries.retain(|_, e| e.node != node);
+        for e in self.entries.values_mut().filter(|e| e.node == node) {
+            e.reachable = false;
+        }
     }
 
-    /// Number of remembered agents.
+    /// Number of remembered agents (also those last seen on unreachable nodes).
     pub(super) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -193,7 +211,17 @@ mod tests {
         }
         assert_eq!(d.len(), DIRECTORY_CAPACITY);
         assert!(d.get(&r.manifest.id, t0).is_none(), "the oldest went first");
+        let last = d.entries.get_index(0).map(|(id, _)| *id).unwrap();
         d.forget_node(r.node);
-        assert_eq!(d.len(), 0);
+        assert!(
+            d.get(&last, t0).is_none(),
+            "not used while its node is unreachable"
+        );
+        assert_eq!(
+            d.last_known(&last, t0 + DIRECTORY_TTL).map(|e| e.node),
+            Some(r.node),
+            "still known as last seen there"
+        );
+        assert!(d.last_known(&last, t0 + LAST_KNOWN_TTL).is_none());
     }
 }

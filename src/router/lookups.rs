@@ -263,6 +263,14 @@ impl Router {
     ) -> Result<(), ErrorObject> {
         self.owned(job.conn, &job.args.from)?;
         let Some(r) = records.iter().find(|r| r.manifest.id == to) else {
+            if let Some(e) = self.mesh.directory.last_known(&to, now.mono) {
+                // Its daemon went away: the request goes there, and is stored at the
+                // relay if that daemon is still unreachable (store-and-forward).
+                if e.manifest.skill(&job.args.skill).is_some() {
+                    let node = e.node;
+                    return self.start_remote(now, job, to, node).map(|_| ());
+                }
+            }
             return Err(ErrorObject::new(
                 ErrorCode::AgentUnavailable,
                 format!(

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::directory::Directory;
 use super::lookups::PendingLookups;
+use super::mail::HeldMail;
 use super::task_end::{Ending, Sides};
 use super::tasks::Endpoint;
 use super::{Announce, Now, Output, Router};
@@ -50,6 +51,10 @@ pub(super) struct MeshState {
     pub(super) remote_cursors: HashMap<String, usize>,
     /// Where `status` reads the network's view from (set by the network driver).
     pub(super) net: Option<NetSource>,
+    /// Requests stored at the relay for an unreachable node: task id → (node, `Open`).
+    pub(super) parked: HashMap<String, (NodeId, agentmesh_proto::Envelope)>,
+    /// Stored requests that arrived before their agent registered here.
+    pub(super) held: Vec<HeldMail>,
 }
 
 impl Default for MeshState {
@@ -63,6 +68,8 @@ impl Default for MeshState {
             announced_patterns: Vec::new(),
             remote_cursors: HashMap::new(),
             net: None,
+            parked: HashMap::new(),
+            held: Vec::new(),
         }
     }
 }
@@ -150,14 +157,21 @@ impl Router {
         std::mem::take(&mut self.out)
     }
 
-    /// Daemon `node` cannot be reached: every live task with a side there ends. A local
+    /// Daemon `node` cannot be reached: every live task with a side there ends, except
+    /// requests parked for store-and-forward ([`Router::open_undeliverable`]). A local
     /// requester gets its final reply, `failed` with `AGENT_UNAVAILABLE` (the driver's
     /// `error` in `details`); a local responder gets a `cancel` push. What was learned
     /// about the node's agents is forgotten, so the next request looks them up again.
     pub fn peer_unreachable(&mut self, now: Now, node: NodeId, error: ErrorObject) -> Vec<Output> {
         let there = Endpoint::Remote(node);
         self.mesh.directory.forget_node(node);
-        for task_id in self.tasks.ids_where(|t| t.responder_end == there) {
+        let responder_there: Vec<String> = self
+            .tasks
+            .ids_where(|t| t.responder_end == there)
+            .into_iter()
+            .filter(|t| !self.is_parked(t))
+            .collect();
+        for task_id in responder_there {
             let mut err = ErrorObject::new(
                 ErrorCode::AgentUnavailable,
                 format!(

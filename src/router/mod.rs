@@ -19,6 +19,7 @@ mod envelopes;
 mod events;
 mod keys;
 mod lookups;
+mod mail;
 mod mesh;
 mod peer_in;
 mod ping;
@@ -95,6 +96,16 @@ pub enum Output {
     Announce(Announce),
     /// Measure round trips to a daemon; answer with `Router::ping_done`.
     Ping(Box<PingJob>),
+    /// Seal `frame` to daemon `node`'s key and leave it at the relay (store-and-forward);
+    /// answer with `Router::store_done(task_id, …)`.
+    Store {
+        /// The daemon it is for.
+        node: NodeId,
+        /// The task it belongs to.
+        task_id: String,
+        /// What to seal.
+        frame: Box<agentmesh_proto::peer::StoredFrame>,
+    },
 }
 
 /// Tunables of the router.
@@ -291,6 +302,7 @@ impl Router {
             self.time_out(now, &task_id);
         }
         self.expire_lookups(now);
+        self.forget_ended_parked();
         std::mem::take(&mut self.out)
     }
 

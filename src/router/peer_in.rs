@@ -38,6 +38,9 @@ impl Router {
             PeerMsg::Event(agentmesh_proto::peer::OnewayFrame::Event(e)) => {
                 self.peer_event(from, e)
             }
+            PeerMsg::Event(agentmesh_proto::peer::OnewayFrame::MailReady { task_id }) => {
+                self.peer_mail_ready(from, &task_id)
+            }
         }
         std::mem::take(&mut self.out)
     }

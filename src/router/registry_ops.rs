@@ -54,6 +54,7 @@ impl Router {
                 let m = Box::new(a.manifest.clone());
                 self.out.push(Output::Announce(Announce::Register(m)));
             }
+            self.release_held_for(now, agent_id);
         }
         Ok(Some(json!({ "agent_id": agent_id })))
     }

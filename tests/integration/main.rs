@@ -9,6 +9,7 @@ mod daemon_process;
 mod examples;
 mod local_api;
 mod mesh_loopback;
+mod mesh_mail;
 mod mesh_netns;
 mod mesh_netsim;
 mod portmap_netns;

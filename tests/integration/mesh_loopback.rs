@@ -91,6 +91,20 @@ impl Drop for Running1 {
     }
 }
 
+impl Running1 {
+    /// Stops the daemon as SIGTERM would and waits until it has shut down (bounded).
+    pub(crate) async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let task = &mut self.task;
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the daemon did not shut down within 10 s")
+            .unwrap();
+    }
+}
+
 pub(crate) fn run_daemon(config: &DaemonConfig) -> Running1 {
     let daemon = Daemon::start(config).unwrap();
     let admin = daemon.admin_addr();

@@ -1,5 +1,5 @@
 //! Daemon ↔ daemon messages on the QUIC connection between two peers (ALPN
-//! `agentmesh-peer/1`). Not yet driven by the daemon (the networking issue wires it).
+//! `agentmesh-peer/1`), and what daemons leave for each other at the relay.
 //!
 //! Streams, each message one frame of [`crate::frame`]:
 //! - **A request opens its own bidirectional stream.** The requester's daemon writes
@@ -12,6 +12,11 @@
 //!   with [`STREAM_CANCELED`] in either direction.
 //! - **An event rides a unidirectional stream**: [`OnewayFrame::Event`] (type `emit`, an
 //!   [`EventPayload`]).
+//! - **Store-and-forward**: a request whose responder's daemon cannot be reached is
+//!   sealed to that daemon's node key ([`crate::sealed`]) as a [`StoredFrame`] and left at
+//!   the relay. When the relay delivers it and the agent is registered there, that daemon
+//!   sends [`OnewayFrame::MailReady`] to the requester's daemon, which sends the same
+//!   `Open` again on a stream of its own; the task then runs as any other.
 //!
 //! Every envelope has an id; a receiver drops ids it has seen ([`RecentIds`]), so a retry
 //! after a path change never runs a task twice.
@@ -60,10 +65,26 @@ pub enum ResponderFrame {
 }
 
 /// On a unidirectional stream.
+// Events are the common frame; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OnewayFrame {
     /// A published event (`emit` envelope).
     Event(Envelope),
+    /// A stored request for `task_id` reached its responder's daemon and the agent is
+    /// there: send its `Open` again (responder's daemon → requester's daemon).
+    MailReady {
+        /// The task of the stored request.
+        task_id: String,
+    },
+}
+
+/// What a daemon seals to another daemon's node key and leaves at the relay when that
+/// daemon cannot be reached (store-and-forward).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StoredFrame {
+    /// A request (`request` envelope, as in [`RequesterFrame::Open`]) for an agent there.
+    Request(Envelope),
 }
 
 /// Payload of a `request` envelope (AgentMesh v0.1.0 `RequestPayload`).
@@ -261,6 +282,13 @@ mod tests {
             let ev = OnewayFrame::Event(envelope(&id, PrimitiveType::Emit, serde_json::json!({"topic": "a.b", "data": text})));
             let f = encode(&ev, DEFAULT_MAX_FRAME).unwrap();
             prop_assert_eq!(decode::<OnewayFrame>(&f, DEFAULT_MAX_FRAME).unwrap().unwrap().0, ev);
+            let ready = OnewayFrame::MailReady { task_id: id.clone() };
+            let f = encode(&ready, DEFAULT_MAX_FRAME).unwrap();
+            prop_assert_eq!(decode::<OnewayFrame>(&f, DEFAULT_MAX_FRAME).unwrap().unwrap().0, ready);
+            let stored = StoredFrame::Request(envelope(&id, PrimitiveType::Request,
+                serde_json::json!({"skill": "echo", "input": text})));
+            let b = crate::frame::to_bytes(&stored).unwrap();
+            prop_assert_eq!(crate::frame::from_bytes::<StoredFrame>(&b).unwrap(), stored);
             let p = RequestPayload { skill: id, input: Json(serde_json::json!(text)), config: Some(RequestConfig { timeout_ms: Some(seq), stream: Some(last) }) };
             let b = crate::frame::to_bytes(&p).unwrap();
             prop_assert_eq!(crate::frame::from_bytes::<RequestPayload>(&b).unwrap(), p);
@@ -271,6 +299,7 @@ mod tests {
             let _ = decode::<RequesterFrame>(&bytes, DEFAULT_MAX_FRAME);
             let _ = decode::<ResponderFrame>(&bytes, DEFAULT_MAX_FRAME);
             let _ = decode::<OnewayFrame>(&bytes, DEFAULT_MAX_FRAME);
+            let _ = crate::frame::from_bytes::<StoredFrame>(&bytes);
         }
     }
 }

@@ -23,17 +23,24 @@ use agentmesh_proto::peer::{
 use agentmesh_proto::{ErrorCode, ErrorObject, NodeId, SecretKey};
 use agentmesh_tlsid::{ServerPin, ALPN_PEER, SERVER_NAME};
 use quinn::{Connection, Endpoint, VarInt};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
 pub use frames::{FrameReader, StreamError, WriteCmd, MAX_PEER_FRAME};
 
-use super::routes::Routes;
+use super::routes::{Path, Routes};
 use crate::api::RouterHandle;
 use crate::router::PeerMsg;
 
 /// How long dialing a peer may take before its tasks fail.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a report that a node is absent counts for a dial that starts later.
+pub const ABSENT_MEMORY: Duration = Duration::from_secs(10);
+
+/// How long a handshake may go on after the relay or the rendezvous said its peer is
+/// not connected.
+pub const GONE_GRACE: Duration = Duration::from_millis(1500);
 
 /// Most concurrent task streams per connection and direction.
 pub const MAX_STREAMS: u32 = 4096;
@@ -48,6 +55,9 @@ pub trait PathSetup: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<(), ErrorObject>> + Send>>;
     /// `node` connected to us.
     fn incoming(&self, node: NodeId);
+    /// `node`'s daemon closed our session on shutting down: when it comes back its
+    /// address may differ, so its path starts over at the next contact.
+    fn peer_left(&self, node: NodeId);
 }
 
 /// A peer connection's traffic, for status and metrics.
@@ -75,6 +85,10 @@ pub struct Sessions {
     conns: Mutex<HashMap<NodeId, Connection>>,
     workers: Mutex<HashMap<NodeId, mpsc::UnboundedSender<PeerMsg>>>,
     streams: Mutex<HashMap<StreamKey, mpsc::UnboundedSender<WriteCmd>>>,
+    /// Nodes the relay or the rendezvous says are absent (see [`Sessions::peer_absent`]).
+    gone: broadcast::Sender<NodeId>,
+    /// When each node was last said to be absent (kept for [`ABSENT_MEMORY`]).
+    absent_at: Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,7 +120,27 @@ impl Sessions {
             conns: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
+            gone: broadcast::channel(64).0,
+            absent_at: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The relay or the rendezvous says `node` is not connected to it: a handshake with
+    /// `node` that has no direct path fails [`GONE_GRACE`] later instead of at
+    /// [`CONNECT_TIMEOUT`].
+    pub fn peer_absent(&self, node: NodeId) {
+        let now = std::time::Instant::now();
+        {
+            let mut absent = lock(&self.absent_at);
+            absent.retain(|_, at| now.duration_since(*at) < ABSENT_MEMORY);
+            absent.insert(node, now);
+        }
+        let _ = self.gone.send(node);
+    }
+
+    /// Where others report absent nodes (see [`Sessions::peer_absent`]).
+    pub fn absence(&self) -> broadcast::Sender<NodeId> {
+        self.gone.clone()
     }
 
     /// Hands a router message for `node` to that node's worker.
@@ -177,7 +211,18 @@ impl Sessions {
                 Ok(conn) => self.dispatch(node, &conn, msg).await,
                 Err(error) => {
                     warn!(peer = %node.short(), error = %error.message, "cannot reach peer");
-                    while rx.try_recv().is_ok() {} // doomed like this one
+                    // Requests not yet delivered may wait at the relay (store-and-
+                    // forward); everything else queued is doomed like this message.
+                    let mut undelivered = vec![msg];
+                    while let Ok(m) = rx.try_recv() {
+                        undelivered.push(m);
+                    }
+                    for m in undelivered {
+                        if let PeerMsg::Requester(RequesterFrame::Open(open)) = m {
+                            self.router
+                                .apply(|r, now| r.open_undeliverable(now, node, open));
+                        }
+                    }
                     self.router
                         .apply(|r, now| r.peer_unreachable(now, node, error.clone()));
                 }
@@ -189,6 +234,8 @@ impl Sessions {
         if let Some(c) = self.connection(&node) {
             return Ok(c);
         }
+        // Listen before `prepare`, which may ask for the introduction that is refused.
+        let gone = self.gone.subscribe();
         self.paths.prepare(node).await?;
         let config = agentmesh_tlsid::quinn_client_config(
             Some(&self.key),
@@ -202,12 +249,39 @@ impl Sessions {
             .endpoint
             .connect_with(config, addr, SERVER_NAME)
             .map_err(|e| unreachable(node, e))?;
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(unreachable(node, e)),
-            Err(_) => return Err(unreachable(node, "no QUIC handshake within 10 s")),
+        let conn = tokio::select! {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => match r {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(unreachable(node, e)),
+                Err(_) => return Err(unreachable(node, "no QUIC handshake within 10 s")),
+            },
+            () = self.said_absent(gone, node) => {
+                return Err(unreachable(node, "it is not connected to the relay and has no direct path"));
+            }
         };
         Ok(self.adopt(node, conn))
+    }
+
+    /// Returns [`GONE_GRACE`] after the relay or the rendezvous first says `node` is
+    /// absent, if by then the
+    /// node has no direct path either; never otherwise.
+    async fn said_absent(&self, mut gone: broadcast::Receiver<NodeId>, node: NodeId) {
+        let recently = lock(&self.absent_at)
+            .get(&node)
+            .is_some_and(|at| at.elapsed() < ABSENT_MEMORY);
+        if !recently {
+            loop {
+                match gone.recv().await {
+                    Ok(n) if n == node => break,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        }
+        tokio::time::sleep(GONE_GRACE).await;
+        if matches!(self.routes.path(&node), Some(Path::Direct(_))) {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Records a connection (keeping an older live one as the one we send on) and
@@ -248,6 +322,11 @@ impl Sessions {
             .close_reason()
             .map_or_else(|| "closed".to_string(), |r| r.to_string());
         debug!(peer = %node.short(), %reason, "peer connection ended");
+        if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason() {
+            if close.error_code == VarInt::from_u32(STREAM_SHUTDOWN) {
+                self.paths.peer_left(node);
+            }
+        }
         let was_current = {
             let mut conns = lock(&self.conns);
             let current = conns

@@ -5,11 +5,13 @@
 //! [`MeshHandle::deliver_relayed`], TLS connections via `tls.rs`. Status is published on
 //! a watch channel.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use agentmesh_proto::relay::StoreOutcome;
 use agentmesh_proto::{NodeId, SecretKey};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -28,6 +30,8 @@ const OUTGOING_QUEUE: usize = 1024;
 const TLS_QUEUE: usize = 1024;
 /// Stored messages queued for the daemon.
 const MAIL_QUEUE: usize = 64;
+/// `PeerGone` notices queued for the daemon (beyond, they are dropped).
+const GONE_QUEUE: usize = 256;
 /// Inputs of one kind handled before looking at the others.
 const BATCH: usize = 64;
 
@@ -67,14 +71,36 @@ pub struct Mail {
     pub sealed: Vec<u8>,
 }
 
+/// One store-and-forward request for the driver, with where its answer goes.
+type StoreCmd = (NodeId, Vec<u8>, oneshot::Sender<Option<StoreOutcome>>);
+
+/// Leaves sealed messages at the relay for offline nodes (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct RelayStorer {
+    tx: mpsc::UnboundedSender<StoreCmd>,
+}
+
+impl RelayStorer {
+    /// Asks the relay to keep `sealed` (sealed to `to`'s node key) until `to` connects.
+    /// `None` when the relay never answered (link down, or every try lost) or the link
+    /// stopped.
+    pub async fn store(&self, to: NodeId, sealed: Vec<u8>) -> Option<StoreOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((to, sealed, tx)).ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
 /// A running relay link. Dropping it stops the link.
 #[derive(Debug)]
 pub struct RelayLinkHandle {
     status: watch::Receiver<RelayLinkStatus>,
     poke: RelayLinkPoke,
+    storer: RelayStorer,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     mail: Option<mpsc::Receiver<Mail>>,
+    gone: Option<mpsc::Receiver<NodeId>>,
 }
 
 /// Tells a running link that the network changed (cheap to clone).
@@ -122,10 +148,14 @@ impl RelayLinkDriver {
         let (status_tx, status) = watch::channel(snapshot(&state, 0));
         let (tls_tx, tls_rx) = mpsc::channel(TLS_QUEUE);
         let (mail_tx, mail) = mpsc::channel(MAIL_QUEUE);
+        let (gone_tx, gone) = mpsc::channel(GONE_QUEUE);
         let (stop, stop_rx) = oneshot::channel();
         let (poke_tx, pokes) = mpsc::unbounded_channel();
+        let (store_tx, stores) = mpsc::unbounded_channel();
         let driver = Driver {
             pokes,
+            stores,
+            store_waiters: HashMap::new(),
             state,
             mesh,
             outgoing: self.outgoing,
@@ -135,6 +165,7 @@ impl RelayLinkDriver {
             tls: None,
             status: status_tx,
             mail: mail_tx,
+            gone: gone_tx,
             sender_dropped: self.dropped,
             io_dropped: 0,
         };
@@ -142,9 +173,11 @@ impl RelayLinkDriver {
         RelayLinkHandle {
             status,
             poke: RelayLinkPoke { tx: poke_tx },
+            storer: RelayStorer { tx: store_tx },
             stop: Some(stop),
             task,
             mail: Some(mail),
+            gone: Some(gone),
         }
     }
 }
@@ -160,6 +193,11 @@ impl RelayLinkHandle {
         self.poke.clone()
     }
 
+    /// A handle to leave sealed messages at the relay.
+    pub fn storer(&self) -> RelayStorer {
+        self.storer.clone()
+    }
+
     /// A receiver that sees every status change.
     pub fn watch(&self) -> watch::Receiver<RelayLinkStatus> {
         self.status.clone()
@@ -168,6 +206,12 @@ impl RelayLinkHandle {
     /// The stored messages the relay delivers (once; `None` afterwards).
     pub fn take_mail(&mut self) -> Option<mpsc::Receiver<Mail>> {
         self.mail.take()
+    }
+
+    /// The nodes the relay said are not connected, as it says so (once; `None`
+    /// afterwards).
+    pub fn take_peer_gone(&mut self) -> Option<mpsc::Receiver<NodeId>> {
+        self.gone.take()
     }
 
     /// Stops the link (closing its TLS connection) and waits for the driver to end.
@@ -206,6 +250,10 @@ fn snapshot(state: &RelayLinkState, extra_dropped: u64) -> RelayLinkStatus {
 struct Driver {
     /// Network-changed notices from the daemon.
     pokes: mpsc::UnboundedReceiver<()>,
+    /// Store-and-forward requests from the daemon.
+    stores: mpsc::UnboundedReceiver<StoreCmd>,
+    /// Who waits for the answer of each store.
+    store_waiters: HashMap<u64, oneshot::Sender<Option<StoreOutcome>>>,
     state: RelayLinkState,
     mesh: MeshHandle,
     outgoing: mpsc::Receiver<(NodeId, Vec<u8>)>,
@@ -216,6 +264,7 @@ struct Driver {
     tls: Option<TlsConn>,
     status: watch::Sender<RelayLinkStatus>,
     mail: mpsc::Sender<Mail>,
+    gone: mpsc::Sender<NodeId>,
     /// Packets the sender could not queue.
     sender_dropped: Arc<AtomicU64>,
     /// Transmits that failed here (socket errors, full TLS writer).
@@ -239,6 +288,10 @@ impl Driver {
             tokio::select! {
                 _ = &mut stop => break,
                 Some(()) = self.pokes.recv() => self.state.network_changed(now()),
+                Some((to, sealed, answer)) = self.stores.recv() => {
+                    let id = self.state.store(now(), to, sealed);
+                    self.store_waiters.insert(id, answer);
+                }
                 Some(input) = self.tls_rx.recv() => {
                     self.on_tls(input);
                     for _ in 0..BATCH {
@@ -336,7 +389,15 @@ impl Driver {
             LinkEvent::Disconnected { transport, reason } => {
                 info!(tier = %transport.tier(), ?reason, "relay link lost; reconnecting");
             }
-            LinkEvent::PeerGone(node) => debug!(peer = %node.short(), "relay: peer not connected"),
+            LinkEvent::PeerGone(node) => {
+                debug!(peer = %node.short(), "relay: peer not connected");
+                let _ = self.gone.try_send(node);
+            }
+            LinkEvent::Stored { id, outcome } => {
+                if let Some(w) = self.store_waiters.remove(&id) {
+                    let _ = w.send(outcome);
+                }
+            }
             LinkEvent::Mail { from, sealed } => {
                 if self.mail.try_send(Mail { from, sealed }).is_err() {
                     debug!("relay mail dropped: nobody reads it");

@@ -94,6 +94,14 @@ pub enum LinkEvent {
         /// The sealed bytes.
         sealed: Vec<u8>,
     },
+    /// The end of store `id` (from `RelayLinkState::store`): the relay's answer, or
+    /// `None` when it never answered.
+    Stored {
+        /// The store's id.
+        id: u64,
+        /// What the relay said.
+        outcome: Option<agentmesh_proto::relay::StoreOutcome>,
+    },
 }
 
 /// Traffic counters.

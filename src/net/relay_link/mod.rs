@@ -22,8 +22,9 @@
 //! link.status(); // RelayLinkStatus { connected, transport, sent, received, dropped, .. }
 //! ```
 //!
-//! Store-and-forward (`Store`) is not sent by this link; mail the relay delivers is acked
-//! and handed out by [`RelayLinkHandle::take_mail`].
+//! Store-and-forward: [`RelayStorer::store`] leaves a sealed message at the relay (sent
+//! again until the relay acknowledges it, see `state/stores.rs`); mail the relay delivers
+//! is acked and handed out by [`RelayLinkHandle::take_mail`].
 
 mod driver;
 mod events;
@@ -38,10 +39,10 @@ use std::time::Duration;
 use agentmesh_proto::NodeId;
 
 pub use driver::{
-    relay_link, Mail, RelayLinkDriver, RelayLinkHandle, RelayLinkPoke, RelayLinkSender,
+    relay_link, Mail, RelayLinkDriver, RelayLinkHandle, RelayLinkPoke, RelayLinkSender, RelayStorer,
 };
 pub use events::{DisconnectReason, LinkCounters, LinkEvent, LinkTransmit, TlsConnId};
-pub use state::RelayLinkState;
+pub use state::{RelayLinkState, STORE_ATTEMPTS, STORE_RETRY};
 
 use super::peer_path::Tier;
 

@@ -26,7 +26,10 @@ use super::{RelayLinkConfig, RelayTransport};
 
 mod output;
 mod reactions;
+mod stores;
 mod timers;
+
+pub use self::stores::{STORE_ATTEMPTS, STORE_RETRY};
 
 /// Where the link is.
 #[derive(Debug, Clone)]
@@ -73,6 +76,10 @@ pub struct RelayLinkState {
     transmits: VecDeque<LinkTransmit>,
     events: VecDeque<LinkEvent>,
     counters: LinkCounters,
+    /// Store-and-forward messages waiting for the relay's answer.
+    stores: stores::Stores,
+    /// Id of the last store.
+    next_store: u64,
 }
 
 impl RelayLinkState {
@@ -94,6 +101,8 @@ impl RelayLinkState {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: LinkCounters::default(),
+            stores: stores::Stores::new(),
+            next_store: 0,
         };
         s.connect(now);
         s
@@ -254,6 +263,7 @@ impl RelayLinkState {
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick_stores(now);
         match &mut self.phase {
             Phase::Backoff { until } if now >= *until => self.connect(now),
             Phase::Backoff { .. } => {}
@@ -279,6 +289,14 @@ impl RelayLinkState {
 
     /// When [`RelayLinkState::handle_timeout`] should run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let phase = self.phase_deadline();
+        match self.stores_deadline() {
+            Some(s) => Some(phase.map_or(s, |p| p.min(s))),
+            None => phase,
+        }
+    }
+
+    fn phase_deadline(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Backoff { until } => Some(*until),
             Phase::UdpHello(h) => Some(h.next_hello.map_or(h.give_up, |t| t.min(h.give_up))),

@@ -524,3 +524,66 @@ fn frames_are_cut_from_a_stream_only_when_whole() {
     assert!(frame_len(&[0, 0, 0, 0, 1], 1 << 20).is_err());
     assert!(frame_len(&[0, 1, 0, 0, 1], 1000).is_err());
 }
+
+fn stored(w: &World, i: usize) -> Vec<(Duration, u64, Option<wire::StoreOutcome>)> {
+    w.events(i)
+        .into_iter()
+        .filter_map(|(t, e)| match e {
+            LinkEvent::Stored { id, outcome } => Some((t, id, outcome)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_store_waits_for_the_link_and_the_mail_reaches_its_node_when_it_connects() {
+    let mut w = World::new(vec![config(false), config(false)]);
+    w.nodes[0].udp_ok = false;
+    w.nodes[1].udp_ok = false;
+    w.pump();
+    let (a, b) = (key(1).node_id(), key(2).node_id());
+    let now = w.now;
+    let id = w.nodes[0].link.store(now, b, b"sealed for b".to_vec());
+    w.run_until(secs(1.2));
+    assert!(stored(&w, 0).is_empty(), "not connected: still trying");
+    assert_eq!(w.nodes[0].link.stores_pending(), 1);
+    w.nodes[0].udp_ok = true;
+    w.run_until(secs(4.0));
+    let acks = stored(&w, 0);
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert_eq!(
+        (acks[0].1, acks[0].2),
+        (id, Some(wire::StoreOutcome::Stored))
+    );
+    assert_eq!(w.nodes[0].link.stores_pending(), 0);
+    // B comes online later and gets the mail, once.
+    w.nodes[1].udp_ok = true;
+    w.run_until(secs(30.0));
+    let mail: Vec<LinkEvent> = w
+        .events(1)
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| matches!(e, LinkEvent::Mail { .. }))
+        .collect();
+    assert_eq!(
+        mail,
+        vec![LinkEvent::Mail {
+            from: a,
+            sealed: b"sealed for b".to_vec()
+        }]
+    );
+}
+
+#[test]
+fn a_store_the_relay_never_answers_ends_after_its_tries() {
+    let mut w = World::new(vec![config(false)]);
+    w.nodes[0].udp_ok = false;
+    w.pump();
+    let now = w.now;
+    let id = w.nodes[0].link.store(now, key(2).node_id(), b"x".to_vec());
+    w.run_until(secs(10.0));
+    let tries = super::STORE_ATTEMPTS;
+    let retry = super::STORE_RETRY;
+    assert_eq!(stored(&w, 0), vec![(retry * tries, id, None)]);
+    assert_eq!(w.nodes[0].link.stores_pending(), 0);
+}

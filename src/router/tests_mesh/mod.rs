@@ -5,6 +5,7 @@
 //! `Output::Send` lands in per-connection inboxes.
 
 mod discovery;
+mod mail;
 mod ping;
 mod tasks;
 
@@ -49,6 +50,8 @@ pub(super) struct Mesh {
     pub(super) mute_rendezvous: bool,
     /// How many lookups were asked.
     pub(super) lookups: usize,
+    /// `Output::Store`s (from, for node, task id, frame); the test answers them.
+    pub(super) stores: Vec<(R, NodeId, String, agentmesh_proto::peer::StoredFrame)>,
     inbox: Vec<Msg>,
 }
 
@@ -78,6 +81,7 @@ impl Mesh {
             lookup_error: None,
             mute_rendezvous: false,
             lookups: 0,
+            stores: Vec::new(),
             inbox: Vec::new(),
         }
     }
@@ -166,6 +170,14 @@ impl Mesh {
             }
             Output::Announce(a) => {
                 self.announce(me, a);
+                vec![]
+            }
+            Output::Store {
+                node,
+                task_id,
+                frame,
+            } => {
+                self.stores.push((r, node, task_id, *frame));
                 vec![]
             }
             Output::Ping(job) => {

@@ -38,7 +38,8 @@ impl RelayLinkState {
             ClientEvent::Refused(reason) => {
                 self.on_ended(now, via, DisconnectReason::Refused(reason))
             }
-            ClientEvent::StoreAck { .. } | ClientEvent::Health { .. } => {}
+            ClientEvent::StoreAck { id, outcome } => self.on_store_ack(id, outcome),
+            ClientEvent::Health { .. } => {}
         }
     }
 
@@ -114,6 +115,7 @@ impl RelayLinkState {
         while let Some((peer, packet)) = self.queue.pop_front() {
             self.forward(peer, packet);
         }
+        self.resend_stores(now);
     }
 
     pub(super) fn on_pong(&mut self, via: RelayTransport, n: u64) {
