@@ -351,6 +351,7 @@ impl Router {
             Some(config),
         );
         self.track_request(&task_id, job, responder, Endpoint::Remote(node));
+        self.remember_open(node, &open);
         self.peer(node, PeerMsg::Requester(RequesterFrame::Open(open)));
         Ok(None)
     }

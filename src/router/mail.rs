@@ -1,7 +1,9 @@
 //! Store-and-forward of requests for agents whose daemon cannot be reached.
 //!
-//! Requester's side: when the session layer cannot deliver a task's `Open`
-//! ([`Router::open_undeliverable`]), the task is *parked*: it stays `submitted`, its
+//! Requester's side: the `Open` of a task sent to another daemon is kept until that
+//! daemon first answers. When the daemon turns out unreachable before
+//! ([`Router::peer_unreachable`]: it could not be dialed, or the session died), the
+//! task is *parked* instead of failed: it stays `submitted`, its
 //! requester gets a `task_stored` push, and [`Output::Store`] asks the driver to seal the
 //! envelope to the responder's node key and leave it at the relay. The driver reports
 //! with [`Router::store_done`]; a refusal ends the task `failed` (`AGENT_UNAVAILABLE`).
@@ -44,25 +46,45 @@ pub(super) struct HeldMail {
 }
 
 impl Router {
-    /// The session layer could not deliver `open` (a task's first frame) to `node`.
-    /// A live task still waiting there is parked and its request stored at the relay
-    /// (see the module doc); anything else is left to [`Router::peer_unreachable`], which
-    /// skips parked tasks.
-    pub fn open_undeliverable(&mut self, _now: Now, node: NodeId, open: Envelope) -> Vec<Output> {
-        let Some(task_id) = open.task_id.clone() else {
-            return std::mem::take(&mut self.out);
-        };
-        let waiting = match self.tasks.lookup(&task_id) {
-            Lookup::Live(t) => {
-                t.responder_end == Endpoint::Remote(node)
-                    && t.state == agentmesh_proto::TaskState::Submitted
-            }
-            _ => false,
-        };
-        if !waiting || self.mesh.parked.contains_key(&task_id) {
-            return std::mem::take(&mut self.out);
+    /// Remembers the `Open` of a task sent to `node` until the first answer comes back
+    /// ([`Router::open_confirmed`]): if `node` turns out unreachable first, the request
+    /// is stored instead of failed.
+    pub(super) fn remember_open(&mut self, node: NodeId, open: &Envelope) {
+        if let Some(task_id) = &open.task_id {
+            self.mesh
+                .unconfirmed
+                .insert(task_id.clone(), (node, open.clone()));
         }
-        if let Some(s) = self.task_sides(&task_id) {
+    }
+
+    /// The responder's daemon answered something for `task_id`: it has the request.
+    pub(super) fn open_confirmed(&mut self, task_id: &str) {
+        self.mesh.unconfirmed.remove(task_id);
+    }
+
+    /// Forgets what store-and-forward kept for a task that ended.
+    pub(super) fn forget_stored(&mut self, task_id: &str) {
+        self.mesh.unconfirmed.remove(task_id);
+        self.mesh.parked.remove(task_id);
+    }
+
+    /// `node` is unreachable and task `task_id` had no answer from it yet: parks the
+    /// task and asks for its request to be stored (see the module doc). False when the
+    /// task is not such a task (it then fails as usual).
+    pub(super) fn park_unanswered(&mut self, node: NodeId, task_id: &str) -> bool {
+        let waiting = matches!(
+            self.tasks.lookup(task_id),
+            Lookup::Live(t) if t.responder_end == Endpoint::Remote(node)
+                && t.state == agentmesh_proto::TaskState::Submitted
+        );
+        if self.mesh.parked.contains_key(task_id) {
+            return waiting;
+        }
+        let open = match self.mesh.unconfirmed.remove(task_id) {
+            Some((n, open)) if waiting && n == node => open,
+            _ => return false,
+        };
+        if let Some(s) = self.task_sides(task_id) {
             if let Some(conn) = s.requester_end.conn() {
                 self.send(
                     conn,
@@ -76,13 +98,13 @@ impl Router {
         }
         debug!(task = %task_id, peer = %node.short(), "request parked for store-and-forward");
         let frame = StoredFrame::Request(open.clone());
-        self.mesh.parked.insert(task_id.clone(), (node, open));
+        self.mesh.parked.insert(task_id.to_string(), (node, open));
         self.out.push(Output::Store {
             node,
-            task_id,
+            task_id: task_id.to_string(),
             frame: Box::new(frame),
         });
-        std::mem::take(&mut self.out)
+        true
     }
 
     /// The driver's answer to [`Output::Store`] for `task_id`: `Err` (the relay refused
@@ -192,18 +214,5 @@ impl Router {
         }
         debug!(task = %task_id, peer = %node.short(), "stored request's agent is back: sending it");
         self.peer(node, PeerMsg::Requester(RequesterFrame::Open(open)));
-    }
-
-    /// Forgets parked requests whose task ended (timeout, cancel).
-    pub(super) fn forget_ended_parked(&mut self) {
-        let tasks = &mut self.tasks;
-        self.mesh
-            .parked
-            .retain(|id, _| matches!(tasks.lookup(id), Lookup::Live(_)));
-    }
-
-    /// Whether `task_id` waits at the relay.
-    pub(super) fn is_parked(&self, task_id: &str) -> bool {
-        self.mesh.parked.contains_key(task_id)
     }
 }

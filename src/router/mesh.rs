@@ -51,6 +51,8 @@ pub(super) struct MeshState {
     pub(super) remote_cursors: HashMap<String, usize>,
     /// Where `status` reads the network's view from (set by the network driver).
     pub(super) net: Option<NetSource>,
+    /// Requests sent to another daemon and not yet answered: task id → (node, `Open`).
+    pub(super) unconfirmed: HashMap<String, (NodeId, agentmesh_proto::Envelope)>,
     /// Requests stored at the relay for an unreachable node: task id → (node, `Open`).
     pub(super) parked: HashMap<String, (NodeId, agentmesh_proto::Envelope)>,
     /// Stored requests that arrived before their agent registered here.
@@ -68,6 +70,7 @@ impl Default for MeshState {
             announced_patterns: Vec::new(),
             remote_cursors: HashMap::new(),
             net: None,
+            unconfirmed: HashMap::new(),
             parked: HashMap::new(),
             held: Vec::new(),
         }
@@ -158,20 +161,18 @@ impl Router {
     }
 
     /// Daemon `node` cannot be reached: every live task with a side there ends, except
-    /// requests parked for store-and-forward ([`Router::open_undeliverable`]). A local
+    /// requests it never answered, which are parked and stored at the relay
+    /// (store-and-forward, `mail.rs`). A local
     /// requester gets its final reply, `failed` with `AGENT_UNAVAILABLE` (the driver's
     /// `error` in `details`); a local responder gets a `cancel` push. What was learned
     /// about the node's agents is forgotten, so the next request looks them up again.
     pub fn peer_unreachable(&mut self, now: Now, node: NodeId, error: ErrorObject) -> Vec<Output> {
         let there = Endpoint::Remote(node);
         self.mesh.directory.forget_node(node);
-        let responder_there: Vec<String> = self
-            .tasks
-            .ids_where(|t| t.responder_end == there)
-            .into_iter()
-            .filter(|t| !self.is_parked(t))
-            .collect();
-        for task_id in responder_there {
+        for task_id in self.tasks.ids_where(|t| t.responder_end == there) {
+            if self.park_unanswered(node, &task_id) {
+                continue;
+            }
             let mut err = ErrorObject::new(
                 ErrorCode::AgentUnavailable,
                 format!(

@@ -302,7 +302,6 @@ impl Router {
             self.time_out(now, &task_id);
         }
         self.expire_lookups(now);
-        self.forget_ended_parked();
         std::mem::take(&mut self.out)
     }
 

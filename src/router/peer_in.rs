@@ -9,6 +9,7 @@
 
 use agentmesh_proto::peer::{RequestPayload, RequesterFrame, RespondPayload, ResponderFrame};
 use agentmesh_proto::{Envelope, ErrorCode, ErrorObject, Json, NodeId, PrimitiveType, TaskState};
+use serde_json::json;
 use tracing::debug;
 
 use super::envelopes::{self, TaskAddr};
@@ -20,6 +21,16 @@ use super::{Now, Output, PeerMsg, Router};
 impl Router {
     /// Handles one message from daemon `from`.
     pub fn handle_peer(&mut self, now: Now, from: NodeId, msg: PeerMsg) -> Vec<Output> {
+        if let (PeerMsg::Responder(_), Some(task_id)) = (&msg, msg.task_id()) {
+            if self
+                .mesh
+                .unconfirmed
+                .get(task_id)
+                .is_some_and(|(n, _)| *n == from)
+            {
+                self.open_confirmed(task_id);
+            }
+        }
         match msg {
             PeerMsg::Requester(RequesterFrame::Open(e)) => {
                 self.requests_total += 1;
@@ -50,20 +61,47 @@ impl Router {
             debug!(envelope = %e.id, "open without task_id dropped");
             return;
         };
+        if let super::tasks::Lookup::Finished(state) = self.tasks.lookup(&task_id) {
+            // It came again (e.g. stored while our answer was lost with the session):
+            // its answer is gone, so say how it ended rather than leave it waiting.
+            let err = ErrorObject::new(
+                ErrorCode::AgentUnavailable,
+                format!(
+                    "this request reached node {} before and ended there ({}); its answer \
+                     was lost",
+                    self.node_id.short(),
+                    json!(state).as_str().unwrap_or("ended")
+                ),
+            );
+            self.answer_failed(now, from, &e, &task_id, err);
+            return;
+        }
         if !self.mesh.requests_seen.first_time(&e.id) || self.tasks.known(&task_id) {
             debug!(task = %task_id, "duplicate open ignored");
             return;
         }
         if let Err(err) = self.open_task(now, from, &e, &task_id) {
-            let addr = TaskAddr {
-                from: e.to.unwrap_or(e.from),
-                to: e.from,
-                task_id: &task_id,
-                context_id: e.context_id.as_deref(),
-            };
-            let reply = envelopes::respond(now, &addr, TaskState::Failed, None, None, Some(err));
-            self.peer(from, PeerMsg::Responder(ResponderFrame::Final(reply)));
+            self.answer_failed(now, from, &e, &task_id, err);
         }
+    }
+
+    /// Answers request `e` from `from` with a `failed` final state.
+    fn answer_failed(
+        &mut self,
+        now: Now,
+        from: NodeId,
+        e: &Envelope,
+        task_id: &str,
+        err: ErrorObject,
+    ) {
+        let addr = TaskAddr {
+            from: e.to.unwrap_or(e.from),
+            to: e.from,
+            task_id,
+            context_id: e.context_id.as_deref(),
+        };
+        let reply = envelopes::respond(now, &addr, TaskState::Failed, None, None, Some(err));
+        self.peer(from, PeerMsg::Responder(ResponderFrame::Final(reply)));
     }
 
     /// Creates the local side of a task another daemon opened.

@@ -222,6 +222,9 @@ impl Router {
         let Some(task) = self.tasks.finish(task_id, end.state) else {
             return;
         };
+        if self.config.mesh {
+            self.forget_stored(task_id);
+        }
         if task.responder_end.conn().is_some() {
             if let Some(agent) = self.agents.get_mut(&task.responder) {
                 agent.active_tasks = agent.active_tasks.saturating_sub(1);

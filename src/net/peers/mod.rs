@@ -211,18 +211,7 @@ impl Sessions {
                 Ok(conn) => self.dispatch(node, &conn, msg).await,
                 Err(error) => {
                     warn!(peer = %node.short(), error = %error.message, "cannot reach peer");
-                    // Requests not yet delivered may wait at the relay (store-and-
-                    // forward); everything else queued is doomed like this message.
-                    let mut undelivered = vec![msg];
-                    while let Ok(m) = rx.try_recv() {
-                        undelivered.push(m);
-                    }
-                    for m in undelivered {
-                        if let PeerMsg::Requester(RequesterFrame::Open(open)) = m {
-                            self.router
-                                .apply(|r, now| r.open_undeliverable(now, node, open));
-                        }
-                    }
+                    while rx.try_recv().is_ok() {} // doomed like this one
                     self.router
                         .apply(|r, now| r.peer_unreachable(now, node, error.clone()));
                 }

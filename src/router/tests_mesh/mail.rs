@@ -1,5 +1,5 @@
-//! Mesh tests of store-and-forward: a request for a node that cannot be reached is
-//! parked and stored, held at the responder's daemon until its agent registers, then
+//! Mesh tests of store-and-forward: a request for a node that becomes unreachable before
+//! answering is parked and stored, held at the responder's daemon until its agent registers, then
 //! sent again and run; refusals, timeouts and stray `MailReady`s.
 
 use agentmesh_proto::peer::{OnewayFrame, RequesterFrame, StoredFrame};
@@ -8,8 +8,8 @@ use agentmesh_proto::ErrorCode;
 use super::*;
 
 /// Echo on B (conn 1), Caller on A (conn 2); A's request for Echo is sent while B is
-/// unreachable: the session layer reports its `Open` undeliverable. Returns (echo,
-/// task id, A's messages after the report).
+/// unreachable: the session layer reports B unreachable before B answered anything.
+/// Returns (echo, task id, A's messages after the report).
 fn request_while_b_is_away(m: &mut Mesh, timeout_ms: u64) -> (String, String, Vec<Msg>) {
     let echo = m.register(R::B, 1, "Echo", &["echo"], &["echo"]);
     let caller = m.register(R::A, 2, "Caller", &[], &[]);
@@ -27,9 +27,8 @@ fn request_while_b_is_away(m: &mut Mesh, timeout_ms: u64) -> (String, String, Ve
     m.hold = false;
     let task = open.task_id.clone().unwrap_or_default();
     let b = m.node(R::B);
-    let mut outs = m.step(R::A, |rt, now| rt.open_undeliverable(now, b, open));
     let err = ErrorObject::new(ErrorCode::AgentUnavailable, "no QUIC handshake within 10 s");
-    outs.extend(m.step(R::A, |rt, now| rt.peer_unreachable(now, b, err)));
+    let outs = m.step(R::A, |rt, now| rt.peer_unreachable(now, b, err));
     (echo, task, outs)
 }
 
@@ -44,7 +43,7 @@ fn a_request_for_an_unreachable_node_is_stored_and_runs_when_its_agent_returns()
         "the requester learns its request waits at the relay"
     );
     assert!(reply(&outs, R::A, 2, &json!(1)).is_none(), "no final reply");
-    assert_eq!(m.a.tasks.live_count(), 1, "peer_unreachable spares it");
+    assert_eq!(m.a.tasks.live_count(), 1, "peer_unreachable parks it");
     let Some((R::A, node, stored_task, frame)) = m.stores.pop() else {
         panic!("A asked to store the request");
     };
@@ -209,4 +208,81 @@ fn mail_for_an_agent_already_here_is_ready_at_once_and_held_mail_expires() {
             .any(|(_, _, msg)| matches!(msg, PeerMsg::Event(OnewayFrame::MailReady { .. }))),
         "expired mail for task {task} is not announced"
     );
+}
+
+#[test]
+fn a_request_the_responder_already_answered_is_not_stored() {
+    let mut m = Mesh::new();
+    let echo = m.register(R::B, 1, "Echo", &["echo"], &["echo"]);
+    let caller = m.register(R::A, 2, "Caller", &[], &[]);
+    let outs = m.line(
+        R::A,
+        2,
+        json!({"op": "request", "id": 1, "from": caller, "to": echo, "skill": "echo"}),
+    );
+    let task = event(&outs, R::B, 1, "request").map(|r| r["task_id"].clone());
+    m.line(
+        R::B,
+        1,
+        json!({"op": "respond", "id": 2, "task_id": task, "state": "working"}),
+    );
+    let b = m.node(R::B);
+    let err = ErrorObject::new(ErrorCode::AgentUnavailable, "the connection ended");
+    let outs = m.step(R::A, |rt, now| rt.peer_unreachable(now, b, err));
+    let r = reply(&outs, R::A, 2, &json!(1))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        r["ok"]["state"],
+        json!("failed"),
+        "B was working on it: {r}"
+    );
+    assert!(m.stores.is_empty());
+    assert!(m.a.mesh.unconfirmed.is_empty() && m.a.mesh.parked.is_empty());
+}
+
+#[test]
+fn a_finished_task_opened_again_is_answered_failed() {
+    let mut m = Mesh::new();
+    let echo = m.register(R::B, 1, "Echo", &["echo"], &["echo"]);
+    let caller = m.register(R::A, 2, "Caller", &[], &[]);
+    m.line(
+        R::A,
+        2,
+        json!({"op": "request", "id": 1, "from": caller, "to": echo, "skill": "echo"}),
+    );
+    let Some((_, _, PeerMsg::Requester(RequesterFrame::Open(open)))) = m
+        .wire
+        .iter()
+        .rev()
+        .find(|(_, _, msg)| matches!(msg, PeerMsg::Requester(RequesterFrame::Open(_))))
+        .cloned()
+    else {
+        panic!("an Open crossed");
+    };
+    let task = open.task_id.clone().unwrap_or_default();
+    m.line(
+        R::B,
+        1,
+        json!({"op": "respond", "id": 2, "task_id": task, "state": "completed"}),
+    );
+    // The same Open arrives again at B (stored while B's answer was lost): B says how it
+    // ended instead of staying silent.
+    let a = m.node(R::A);
+    let before = m.wire.len();
+    let outs = m.step(R::B, |rt, now| {
+        rt.handle_peer(now, a, PeerMsg::Requester(RequesterFrame::Open(open)))
+    });
+    assert!(event(&outs, R::B, 1, "request").is_none(), "not run again");
+    let finals: Vec<&PeerMsg> = m.wire[before..]
+        .iter()
+        .map(|(_, _, msg)| msg)
+        .filter(|msg| {
+            matches!(
+                msg,
+                PeerMsg::Responder(agentmesh_proto::peer::ResponderFrame::Final(_))
+            )
+        })
+        .collect();
+    assert_eq!(finals.len(), 1, "{finals:?}");
 }

@@ -355,10 +355,17 @@ fn messages_from_other_nodes_are_ignored() {
 fn peer_unreachable_ends_tasks_on_both_sides() {
     let mut m = Mesh::new();
     let (echo, caller) = pair(&mut m, R::B);
-    open(
+    let (task, _) = open(
         &mut m,
         R::B,
         json!({"op": "request", "id": 1, "from": caller, "to": echo, "skill": "echo"}),
+    );
+    // B answered, so it has the request: losing B fails the task (an unanswered one
+    // would be stored instead, see tests_mesh/mail.rs).
+    m.line(
+        R::B,
+        1,
+        json!({"op": "respond", "id": 5, "task_id": task, "state": "working"}),
     );
     // And a task the other way: B asks an agent on A.
     let a_agent = m.register(R::A, 3, "Local", &[], &["job"]);
