@@ -308,6 +308,12 @@ impl Paths {
             if c.path != Path::Relay || relay {
                 self.routes.set_path(c.node, c.path);
             }
+            if let Path::Direct(addr) = c.path {
+                let n = self.mesh.replay_handshake(c.node, addr);
+                if n > 0 {
+                    debug!(peer = %c.node.short(), packets = n, "handshake replayed on the direct path");
+                }
+            }
             info!(peer = %c.node.short(), tier = %c.tier, "peer path");
             let _ = self.changes.send(c);
         }

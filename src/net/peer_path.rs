@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::probe::{ProbeBody, ProbeKind};
-use super::punch::{CandidateKind, Punch, PunchConfig, PunchEvent, Transmit};
+use super::punch::{CandidateKind, Punch, PunchConfig, PunchEvent, Spray, Transmit};
 use super::routes::Path;
 
 /// How a path was obtained, from best to last resort.
@@ -30,6 +30,8 @@ pub enum Tier {
     DirectUpnp,
     /// Direct to a predicted port of a sequential symmetric NAT.
     DirectPredicted,
+    /// Direct through a random-port symmetric NAT, found by many-port probing.
+    DirectManyPort,
     /// Through the relay over UDP.
     RelayUdp,
     /// Through the relay over TCP/TLS (UDP blocked).
@@ -44,6 +46,7 @@ impl Tier {
             Tier::DirectStun => "direct-stun",
             Tier::DirectUpnp => "direct-upnp",
             Tier::DirectPredicted => "direct-predicted",
+            Tier::DirectManyPort => "direct-many-port",
             Tier::RelayUdp => "relay-udp",
             Tier::RelayTcp => "relay-tcp",
         }
@@ -60,6 +63,7 @@ impl Tier {
             CandidateKind::Reflexive | CandidateKind::PeerReflexive => Tier::DirectStun,
             CandidateKind::Upnp => Tier::DirectUpnp,
             CandidateKind::Predicted => Tier::DirectPredicted,
+            CandidateKind::ManyPort => Tier::DirectManyPort,
         }
     }
 }
@@ -120,6 +124,8 @@ enum State {
     },
     Direct {
         addr: SocketAddr,
+        /// The local socket the path runs from (0: the daemon's; others: many-port).
+        socket: u16,
         tier: Tier,
         next_ping: Instant,
         misses: u32,
@@ -195,6 +201,17 @@ impl PeerPath {
         candidates: Vec<(SocketAddr, CandidateKind)>,
         start_at: Instant,
     ) {
+        self.handle_introduction_with(session, candidates, start_at, Spray::Off);
+    }
+
+    /// [`PeerPath::handle_introduction`] with many-port probing in the role `spray`.
+    pub fn handle_introduction_with(
+        &mut self,
+        session: u64,
+        candidates: Vec<(SocketAddr, CandidateKind)>,
+        start_at: Instant,
+        spray: Spray,
+    ) {
         if matches!(self.state, State::Direct { .. }) {
             return;
         }
@@ -205,7 +222,8 @@ impl PeerPath {
             candidates,
             start_at,
             seed,
-        );
+        )
+        .with_spray(spray);
         self.state = State::Punching {
             punch: Box::new(punch),
         };
@@ -213,12 +231,24 @@ impl PeerPath {
 
     /// A probe from the peer arrived from `src` (opened and checked by the caller).
     pub fn handle_probe(&mut self, now: Instant, src: SocketAddr, probe: ProbeBody) {
+        self.handle_probe_on(now, src, 0, probe);
+    }
+
+    /// [`PeerPath::handle_probe`] for a probe received on local socket `socket` (0: the
+    /// daemon's socket; others: the extra sockets of many-port probing).
+    pub fn handle_probe_on(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        socket: u16,
+        probe: ProbeBody,
+    ) {
         if probe.session == KEEPALIVE_SESSION {
-            self.handle_keepalive(src, probe);
+            self.handle_keepalive(src, socket, probe);
             return;
         }
         if let State::Punching { punch } = &mut self.state {
-            punch.handle_probe(now, src, probe);
+            punch.handle_probe_on(now, src, socket, probe);
             self.drain_punch(now);
         } else if probe.kind == ProbeKind::Ping {
             // A late ping of a finished punch: answer so the peer finishes too.
@@ -229,11 +259,12 @@ impl PeerPath {
                     observed: Some(src),
                     ..probe
                 },
+                socket,
             });
         }
     }
 
-    fn handle_keepalive(&mut self, src: SocketAddr, probe: ProbeBody) {
+    fn handle_keepalive(&mut self, src: SocketAddr, socket: u16, probe: ProbeBody) {
         match probe.kind {
             ProbeKind::Ping => self.transmits.push_back(Transmit {
                 dst: src,
@@ -242,16 +273,18 @@ impl PeerPath {
                     observed: Some(src),
                     ..probe
                 },
+                socket,
             }),
             ProbeKind::Pong => {
                 if let State::Direct {
                     addr,
+                    socket: on,
                     misses,
                     outstanding,
                     ..
                 } = &mut self.state
                 {
-                    if *addr == src && *outstanding == Some(probe.nonce) {
+                    if *addr == src && *on == socket && *outstanding == Some(probe.nonce) {
                         *misses = 0;
                         *outstanding = None;
                     }
@@ -268,10 +301,21 @@ impl PeerPath {
             self.transmits.push_back(t);
         }
         match punch.poll_event() {
-            Some(PunchEvent::Direct { addr, via, rtt, .. }) => {
-                let tier = Tier::from_candidate(via);
+            Some(PunchEvent::Direct {
+                addr,
+                via,
+                rtt,
+                socket,
+                ..
+            }) => {
+                let tier = if socket == 0 {
+                    Tier::from_candidate(via)
+                } else {
+                    Tier::DirectManyPort
+                };
                 self.state = State::Direct {
                     addr,
+                    socket,
                     tier,
                     next_ping: now + self.config.keepalive,
                     misses: 0,
@@ -313,6 +357,7 @@ impl PeerPath {
         let nonce = self.nonce();
         let State::Direct {
             addr,
+            socket,
             next_ping,
             misses,
             outstanding,
@@ -333,7 +378,7 @@ impl PeerPath {
         }
         *outstanding = Some(nonce);
         *next_ping = now + self.config.keepalive;
-        let dst = *addr;
+        let (dst, socket) = (*addr, *socket);
         self.transmits.push_back(Transmit {
             dst,
             body: ProbeBody {
@@ -342,6 +387,7 @@ impl PeerPath {
                 nonce,
                 observed: None,
             },
+            socket,
         });
     }
 
