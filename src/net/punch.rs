@@ -452,7 +452,18 @@ impl Punch {
                     // A sprayed ping found one of our doors: ping back through it.
                     self.ping(now, src, socket, Some(CandidateKind::ManyPort));
                 } else if !self.targets.contains_key(&src) {
-                    self.targets.insert(src, CandidateKind::PeerReflexive);
+                    // A door we sprayed at (its ping passed our filter because we had
+                    // pinged it): many-port, else a plain peer-reflexive address.
+                    let sprayed = self
+                        .outstanding
+                        .values()
+                        .any(|s| s.dst == src && s.kind == Some(CandidateKind::ManyPort));
+                    let kind = if sprayed {
+                        CandidateKind::ManyPort
+                    } else {
+                        CandidateKind::PeerReflexive
+                    };
+                    self.targets.insert(src, kind);
                     self.ping(now, src, 0, None);
                 }
             }

@@ -222,7 +222,12 @@ async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possib
         while !relay_up(&d.socket).await && ready.elapsed() < Duration::from_secs(15) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        waited.push(format!("{} {} ms", d.name, ready.elapsed().as_millis()));
+        waited.push(format!(
+            "{} ({}) {} ms",
+            d.name,
+            d.node_id.short(),
+            ready.elapsed().as_millis()
+        ));
     }
     eprintln!("relay links up: {}", waited.join(", "));
     let n = presets().len();
