@@ -172,9 +172,13 @@ impl MeshSocket {
     }
 
     fn map_incoming(&self, src: SocketAddr) -> SocketAddr {
-        self.routes
-            .virtual_of_direct(&src)
-            .unwrap_or_else(|| to_v6(src))
+        match self.routes.peer_of_direct(&src) {
+            Some((node, virt)) => {
+                self.routes.count_traffic(&node);
+                virt
+            }
+            None => to_v6(src),
+        }
     }
 
     fn divert(&self, src: SocketAddr, data: &[u8]) {
@@ -344,6 +348,7 @@ impl AsyncUdpSocket for MeshSocket {
         }
         match self.routes.resolve_virtual(&dst) {
             Some((node, Some(Path::Direct(addr)))) => {
+                self.routes.count_traffic(&node);
                 self.handshake_done(node, transmit);
                 let t = Transmit {
                     destination: addr,
@@ -354,6 +359,7 @@ impl AsyncUdpSocket for MeshSocket {
                 Ok(())
             }
             Some((node, Some(Path::Relay))) => {
+                self.routes.count_traffic(&node);
                 self.handshake_done(node, transmit);
                 self.send_relayed(node, transmit)
             }
@@ -380,6 +386,7 @@ impl AsyncUdpSocket for MeshSocket {
         if let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut()) {
             let mut relayed = self.relayed.lock().unwrap_or_else(|e| e.into_inner());
             if let Poll::Ready(Some((node, packet))) = relayed.poll_recv(cx) {
+                self.routes.count_traffic(&node);
                 let len = packet.len().min(buf.len());
                 buf[..len].copy_from_slice(&packet[..len]);
                 *slot = RecvMeta {

@@ -1,11 +1,14 @@
 //! The path to one peer, sans-IO: it starts on the relay (so the first request never
 //! waits), punches when the rendezvous introduces the two daemons, moves to the direct
 //! path the moment a probe round-trips, keeps the direct path's NAT mappings alive with
-//! pings well below NAT timeouts, falls back to the relay when the direct path stops
-//! answering, and asks for a new introduction periodically while relayed.
+//! pings well below NAT timeouts (often while traffic flows or the path is new, so a dead
+//! path is noticed in seconds; rarely once it is idle, which only has to keep the
+//! mappings open), falls back to the relay when the direct path stops answering, and asks
+//! for a new introduction periodically while relayed.
 //!
 //! Inputs: [`PeerPath::handle_introduction`], [`PeerPath::handle_probe`],
-//! [`PeerPath::handle_timeout`], [`PeerPath::network_changed`]. Outputs:
+//! [`PeerPath::handle_timeout`], [`PeerPath::network_changed`],
+//! [`PeerPath::note_traffic`]. Outputs:
 //! [`PeerPath::poll_transmit`] (probes, to seal and send), [`PeerPath::poll_event`]
 //! (route changes for [`super::routes::Routes`], introduction requests) and
 //! [`PeerPath::poll_timeout`].
@@ -79,8 +82,15 @@ impl fmt::Display for Tier {
 pub struct PathConfig {
     /// Punch timing.
     pub punch: PunchConfig,
-    /// Ping interval on a direct path (below the shortest common NAT UDP timeout, 30 s).
+    /// Ping interval on a direct path while it is active (traffic in the last
+    /// `idle_after`, or new); below the shortest common NAT UDP timeout, 30 s.
     pub keepalive: Duration,
+    /// Ping interval on an idle direct path: it only keeps the NAT mappings open, so it
+    /// must stay below their timeout (≤ 25 s); a dead idle path is noticed late, but
+    /// traffic makes the path active again at once ([`PeerPath::note_traffic`]).
+    pub idle_keepalive: Duration,
+    /// A direct path with no traffic (and no change) for this long is idle.
+    pub idle_after: Duration,
     /// Unanswered keepalives before the direct path is declared dead.
     pub keepalive_misses: u32,
     /// While relayed, ask for a new introduction this often.
@@ -92,6 +102,8 @@ impl Default for PathConfig {
         PathConfig {
             punch: PunchConfig::default(),
             keepalive: Duration::from_secs(20),
+            idle_keepalive: Duration::from_secs(20),
+            idle_after: Duration::from_secs(10),
             keepalive_misses: 3,
             upgrade_interval: Duration::from_secs(30),
         }
@@ -130,6 +142,8 @@ enum State {
         next_ping: Instant,
         misses: u32,
         outstanding: Option<u64>,
+        /// Until when the path counts as active (fast keepalives).
+        active_until: Instant,
     },
 }
 
@@ -320,6 +334,7 @@ impl PeerPath {
                     next_ping: now + self.config.keepalive,
                     misses: 0,
                     outstanding: None,
+                    active_until: now + self.config.idle_after,
                 };
                 self.events.push_back(PathEvent::Changed {
                     path: Path::Direct(addr),
@@ -361,6 +376,7 @@ impl PeerPath {
             next_ping,
             misses,
             outstanding,
+            active_until,
             ..
         } = &mut self.state
         else {
@@ -377,7 +393,12 @@ impl PeerPath {
             return;
         }
         *outstanding = Some(nonce);
-        *next_ping = now + self.config.keepalive;
+        let interval = if now < *active_until {
+            self.config.keepalive
+        } else {
+            self.config.idle_keepalive
+        };
+        *next_ping = now + interval;
         let (dst, socket) = (*addr, *socket);
         self.transmits.push_back(Transmit {
             dst,
@@ -389,6 +410,25 @@ impl PeerPath {
             },
             socket,
         });
+    }
+
+    /// Traffic to or from the peer was seen: the path is active for `idle_after` more, and
+    /// an idle schedule is brought forward to the active one.
+    pub fn note_traffic(&mut self, now: Instant) {
+        if let State::Direct {
+            next_ping,
+            active_until,
+            ..
+        } = &mut self.state
+        {
+            *active_until = now + self.config.idle_after;
+            *next_ping = (*next_ping).min(now + self.config.keepalive);
+        }
+    }
+
+    /// Whether the path is direct and idle (pinged at the slow interval).
+    pub fn is_idle(&self, now: Instant) -> bool {
+        matches!(&self.state, State::Direct { active_until, .. } if now >= *active_until)
     }
 
     /// The direct path died (or the network changed): back to the relay, and re-punch.

@@ -389,14 +389,15 @@ fn a_sprayed_ping_on_an_extra_socket_is_answered_from_it_and_wins_there() {
 fn only_random_symmetric_against_endpoint_independent_sprays() {
     use MappingKind::*;
     let cfg = SprayConfig::default();
-    let ip = Some(addr("198.51.100.20:1").ip());
+    let hard = addr("198.51.100.20:1").ip();
+    let ip = Some(hard);
     assert_eq!(
         spray_role(Random, EndpointIndependent, ip, &cfg),
         Spray::Doors { sockets: 256 }
     );
     assert_eq!(
         spray_role(EndpointIndependent, Random, ip, &cfg),
-        Spray::Ports { ip: ip.unwrap() }
+        Spray::Ports { ip: hard }
     );
     for (a, b) in [
         (Random, Random),
