@@ -65,9 +65,9 @@ pub(crate) fn expected(a: Preset, b: Preset) -> (bool, &'static str) {
     }
 }
 
-/// What the full daemon achieves today: the oracle, except many-port probing, which the
-/// daemon does not do yet (it has one UDP socket; the extra sockets of the hard side are
-/// not wired into its QUIC socket).
+/// What the full daemon (and the one-socket harnesses: the netns matrices) achieves
+/// today: the oracle, except many-port probing, which the daemon does not do yet (it has
+/// one UDP socket; the extra sockets of the hard side are not wired into its QUIC socket).
 pub(crate) fn expected_daemon(a: Preset, b: Preset) -> (bool, &'static str) {
     use Preset::*;
     match (a, b) {
