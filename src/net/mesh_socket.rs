@@ -5,14 +5,22 @@
 //!
 //! This is how a peer's connection starts on the relay and moves to a punched direct path
 //! with no reconnect: only the route changes, quinn keeps talking to the same address.
+//!
+//! The socket also remembers the last few handshake (long-header) packets it handed to
+//! the relay for each peer: when a direct path appears, [`MeshHandle::replay_handshake`]
+//! sends them again on it. A handshake whose packets the relay could not deliver (the
+//! peer not yet connected to it, or plain loss) then completes as soon as the path is
+//! direct, instead of at quinn's next retransmission timeout (1 s, then 2 s, 4 s…).
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use agentmesh_proto::NodeId;
 use quinn::udp::{RecvMeta, Transmit};
@@ -52,6 +60,54 @@ pub struct SocketStats {
     pub diverted: AtomicU64,
     /// Datagrams dropped (no path yet, or a full queue).
     pub dropped: AtomicU64,
+    /// Handshake packets sent again on a new direct path ([`MeshHandle::replay_handshake`]).
+    pub replayed: AtomicU64,
+}
+
+/// Handshake packets most recently sent through the relay, per peer, kept for a replay on
+/// the direct path. Only long-header packets (Initial, Handshake, 0-RTT) are kept, so the
+/// memory is bounded by the handshakes in flight; a peer's entry goes as soon as a
+/// short-header packet is sent to it (our side of its handshake is done).
+#[derive(Debug, Default)]
+struct HandshakeLog {
+    peers: HashMap<NodeId, VecDeque<(tokio::time::Instant, Vec<u8>)>>,
+}
+
+/// Most handshake packets kept per peer (a flight is 1–4 datagrams).
+const HANDSHAKE_LOG: usize = 8;
+
+/// Handshake packets older than this are not replayed: quinn has retransmitted them
+/// (its first retransmission timeout is about 1 s) or given up.
+const HANDSHAKE_REPLAY_AGE: Duration = Duration::from_secs(3);
+
+impl HandshakeLog {
+    fn record(&mut self, node: NodeId, packet: &[u8]) {
+        let now = tokio::time::Instant::now();
+        let q = self.peers.entry(node).or_default();
+        while q.len() >= HANDSHAKE_LOG
+            || q.front()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) > HANDSHAKE_REPLAY_AGE)
+        {
+            q.pop_front();
+        }
+        q.push_back((now, packet.to_vec()));
+    }
+
+    fn take(&mut self, node: &NodeId) -> Vec<Vec<u8>> {
+        let now = tokio::time::Instant::now();
+        self.peers
+            .remove(node)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= HANDSHAKE_REPLAY_AGE)
+            .map(|(_, p)| p)
+            .collect()
+    }
+}
+
+/// Whether a QUIC packet has a long header (sent only during the handshake).
+fn is_long_header(packet: &[u8]) -> bool {
+    packet.first().is_some_and(|b| b & 0x80 != 0)
 }
 
 /// The socket quinn is given.
@@ -62,6 +118,7 @@ pub struct MeshSocket {
     diverted: mpsc::Sender<Diverted>,
     relayed: Mutex<mpsc::Receiver<(NodeId, Vec<u8>)>>,
     stats: Arc<SocketStats>,
+    handshakes: Arc<Mutex<HandshakeLog>>,
 }
 
 /// The daemon's side of a [`MeshSocket`].
@@ -70,6 +127,11 @@ pub struct MeshHandle {
     inner: Arc<dyn AsyncUdpSocket>,
     relayed: mpsc::Sender<(NodeId, Vec<u8>)>,
     stats: Arc<SocketStats>,
+    handshakes: Arc<Mutex<HandshakeLog>>,
+}
+
+fn lock_log(log: &Mutex<HandshakeLog>) -> MutexGuard<'_, HandshakeLog> {
+    log.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Queue sizes between the socket and the daemon.
@@ -90,6 +152,7 @@ impl MeshSocket {
         let (div_tx, div_rx) = mpsc::channel(QUEUE);
         let (rel_tx, rel_rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(SocketStats::default());
+        let handshakes = Arc::new(Mutex::new(HandshakeLog::default()));
         let socket = MeshSocket {
             inner: inner.clone(),
             routes,
@@ -97,19 +160,25 @@ impl MeshSocket {
             diverted: div_tx,
             relayed: Mutex::new(rel_rx),
             stats: stats.clone(),
+            handshakes: handshakes.clone(),
         };
         let handle = MeshHandle {
             inner,
             relayed: rel_tx,
             stats,
+            handshakes,
         };
         (socket, handle, div_rx)
     }
 
     fn map_incoming(&self, src: SocketAddr) -> SocketAddr {
-        self.routes
-            .virtual_of_direct(&src)
-            .unwrap_or_else(|| to_v6(src))
+        match self.routes.peer_of_direct(&src) {
+            Some((node, virt)) => {
+                self.routes.count_traffic(&node);
+                virt
+            }
+            None => to_v6(src),
+        }
     }
 
     fn divert(&self, src: SocketAddr, data: &[u8]) {
@@ -157,10 +226,24 @@ impl MeshSocket {
             .unwrap_or(transmit.contents.len())
             .max(1);
         for segment in transmit.contents.chunks(size) {
+            if is_long_header(segment) {
+                lock_log(&self.handshakes).record(node, segment);
+            }
             self.relay.send(node, segment)?;
             self.stats.relay_sent.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// A short-header packet goes to `node`: its handshake is over on our side, so
+    /// nothing of it needs replaying.
+    fn handshake_done(&self, node: NodeId, transmit: &Transmit<'_>) {
+        if !is_long_header(transmit.contents) {
+            let mut log = lock_log(&self.handshakes);
+            if !log.peers.is_empty() {
+                log.peers.remove(&node);
+            }
+        }
     }
 }
 
@@ -190,6 +273,25 @@ impl MeshHandle {
             }
             other => other,
         }
+    }
+
+    /// The path to `node` just became direct at `dst`: sends there again the handshake
+    /// packets of the last few seconds that went through the relay (the relay may not
+    /// have delivered them), so the handshake need not wait for quinn's retransmission
+    /// timer. QUIC drops duplicates, so a packet that did arrive costs nothing but bytes.
+    /// Returns how many were sent.
+    pub fn replay_handshake(&self, node: NodeId, dst: SocketAddr) -> usize {
+        let packets = lock_log(&self.handshakes).take(&node);
+        let mut sent = 0;
+        for p in &packets {
+            if self.send_raw(dst, p).is_ok() {
+                sent += 1;
+            }
+        }
+        self.stats
+            .replayed
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        sent
     }
 
     /// Traffic counters.
@@ -245,7 +347,9 @@ impl AsyncUdpSocket for MeshSocket {
             return self.inner.try_send(&t);
         }
         match self.routes.resolve_virtual(&dst) {
-            Some((_, Some(Path::Direct(addr)))) => {
+            Some((node, Some(Path::Direct(addr)))) => {
+                self.routes.count_traffic(&node);
+                self.handshake_done(node, transmit);
                 let t = Transmit {
                     destination: addr,
                     ..*transmit
@@ -254,7 +358,11 @@ impl AsyncUdpSocket for MeshSocket {
                 self.stats.direct_sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Some((node, Some(Path::Relay))) => self.send_relayed(node, transmit),
+            Some((node, Some(Path::Relay))) => {
+                self.routes.count_traffic(&node);
+                self.handshake_done(node, transmit);
+                self.send_relayed(node, transmit)
+            }
             // No path chosen yet (a peer whose first packets came through the relay):
             // answer the way it came. Without a relay, QUIC retransmits once the path
             // finder sets a direct path.
@@ -278,6 +386,7 @@ impl AsyncUdpSocket for MeshSocket {
         if let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut()) {
             let mut relayed = self.relayed.lock().unwrap_or_else(|e| e.into_inner());
             if let Poll::Ready(Some((node, packet))) = relayed.poll_recv(cx) {
+                self.routes.count_traffic(&node);
                 let len = packet.len().min(buf.len());
                 buf[..len].copy_from_slice(&packet[..len]);
                 *slot = RecvMeta {

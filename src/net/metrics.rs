@@ -15,11 +15,12 @@ use super::status::Sources;
 use crate::router::RouterStats;
 
 /// Direct tiers, so every punch-success series exists from the start (at 0).
-const DIRECT_TIERS: [Tier; 4] = [
+const DIRECT_TIERS: [Tier; 5] = [
     Tier::DirectLan,
     Tier::DirectStun,
     Tier::DirectUpnp,
     Tier::DirectPredicted,
+    Tier::DirectManyPort,
 ];
 
 /// Counts of path changes as the path finder reports them (a change to a direct path

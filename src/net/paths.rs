@@ -25,6 +25,10 @@ use super::routes::{Path, Routes};
 /// How long a peer without a relay may take to get a direct path before dialing fails.
 pub const DIRECT_WAIT: Duration = Duration::from_secs(8);
 
+/// How often the driver looks at each peer's traffic (so an idle path's slow keepalive
+/// turns fast within this long once traffic resumes).
+const TRAFFIC_CHECK: Duration = Duration::from_secs(1);
+
 /// Least time between two introductions asked for the same peer.
 const INTRO_SPACING: Duration = Duration::from_secs(3);
 
@@ -61,6 +65,8 @@ pub struct PeerPathInfo {
 struct Entry {
     path: PeerPath,
     info: PeerPathInfo,
+    /// The peer's QUIC packet count when last looked at (more: the path is active).
+    traffic_seen: u64,
     last_intro_asked: Option<Instant>,
     waiters: Vec<oneshot::Sender<()>>,
 }
@@ -153,6 +159,7 @@ impl Paths {
             Entry {
                 path,
                 info,
+                traffic_seen: 0,
                 last_intro_asked: None,
                 waiters: Vec::new(),
             },
@@ -254,6 +261,11 @@ impl Paths {
         let mut changes = Vec::new();
         let mut intros = Vec::new();
         for (node, e) in table.peers.iter_mut() {
+            let traffic = self.routes.traffic(node);
+            if traffic != e.traffic_seen {
+                e.traffic_seen = traffic;
+                e.path.note_traffic(t);
+            }
             if e.path.poll_timeout().is_some_and(|at| at <= t) {
                 e.path.handle_timeout(t);
             }
@@ -294,6 +306,10 @@ impl Paths {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
+        if !table.peers.is_empty() {
+            let check = t + TRAFFIC_CHECK;
+            next = Some(next.map_or(check, |n| n.min(check)));
+        }
         let relay = table.relay_tier.is_some();
         drop(table);
         for (node, tx) in sends {
@@ -307,6 +323,12 @@ impl Paths {
         for c in changes {
             if c.path != Path::Relay || relay {
                 self.routes.set_path(c.node, c.path);
+            }
+            if let Path::Direct(addr) = c.path {
+                let n = self.mesh.replay_handshake(c.node, addr);
+                if n > 0 {
+                    debug!(peer = %c.node.short(), packets = n, "handshake replayed on the direct path");
+                }
             }
             info!(peer = %c.node.short(), tier = %c.tier, "peer path");
             let _ = self.changes.send(c);

@@ -1,11 +1,14 @@
 //! The path to one peer, sans-IO: it starts on the relay (so the first request never
 //! waits), punches when the rendezvous introduces the two daemons, moves to the direct
 //! path the moment a probe round-trips, keeps the direct path's NAT mappings alive with
-//! pings well below NAT timeouts, falls back to the relay when the direct path stops
-//! answering, and asks for a new introduction periodically while relayed.
+//! pings well below NAT timeouts (often while traffic flows or the path is new, so a dead
+//! path is noticed in seconds; rarely once it is idle, which only has to keep the
+//! mappings open), falls back to the relay when the direct path stops answering, and asks
+//! for a new introduction periodically while relayed.
 //!
 //! Inputs: [`PeerPath::handle_introduction`], [`PeerPath::handle_probe`],
-//! [`PeerPath::handle_timeout`], [`PeerPath::network_changed`]. Outputs:
+//! [`PeerPath::handle_timeout`], [`PeerPath::network_changed`],
+//! [`PeerPath::note_traffic`]. Outputs:
 //! [`PeerPath::poll_transmit`] (probes, to seal and send), [`PeerPath::poll_event`]
 //! (route changes for [`super::routes::Routes`], introduction requests) and
 //! [`PeerPath::poll_timeout`].
@@ -16,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::probe::{ProbeBody, ProbeKind};
-use super::punch::{CandidateKind, Punch, PunchConfig, PunchEvent, Transmit};
+use super::punch::{CandidateKind, Punch, PunchConfig, PunchEvent, Spray, Transmit};
 use super::routes::Path;
 
 /// How a path was obtained, from best to last resort.
@@ -30,6 +33,8 @@ pub enum Tier {
     DirectUpnp,
     /// Direct to a predicted port of a sequential symmetric NAT.
     DirectPredicted,
+    /// Direct through a random-port symmetric NAT, found by many-port probing.
+    DirectManyPort,
     /// Through the relay over UDP.
     RelayUdp,
     /// Through the relay over TCP/TLS (UDP blocked).
@@ -44,6 +49,7 @@ impl Tier {
             Tier::DirectStun => "direct-stun",
             Tier::DirectUpnp => "direct-upnp",
             Tier::DirectPredicted => "direct-predicted",
+            Tier::DirectManyPort => "direct-many-port",
             Tier::RelayUdp => "relay-udp",
             Tier::RelayTcp => "relay-tcp",
         }
@@ -60,6 +66,7 @@ impl Tier {
             CandidateKind::Reflexive | CandidateKind::PeerReflexive => Tier::DirectStun,
             CandidateKind::Upnp => Tier::DirectUpnp,
             CandidateKind::Predicted => Tier::DirectPredicted,
+            CandidateKind::ManyPort => Tier::DirectManyPort,
         }
     }
 }
@@ -75,8 +82,15 @@ impl fmt::Display for Tier {
 pub struct PathConfig {
     /// Punch timing.
     pub punch: PunchConfig,
-    /// Ping interval on a direct path (below the shortest common NAT UDP timeout, 30 s).
+    /// Ping interval on a direct path while it is active (traffic in the last
+    /// `idle_after`, or new); below the shortest common NAT UDP timeout, 30 s.
     pub keepalive: Duration,
+    /// Ping interval on an idle direct path: it only keeps the NAT mappings open, so it
+    /// must stay below their timeout (≤ 25 s); a dead idle path is noticed late, but
+    /// traffic makes the path active again at once ([`PeerPath::note_traffic`]).
+    pub idle_keepalive: Duration,
+    /// A direct path with no traffic (and no change) for this long is idle.
+    pub idle_after: Duration,
     /// Unanswered keepalives before the direct path is declared dead.
     pub keepalive_misses: u32,
     /// While relayed, ask for a new introduction this often.
@@ -88,6 +102,8 @@ impl Default for PathConfig {
         PathConfig {
             punch: PunchConfig::default(),
             keepalive: Duration::from_secs(20),
+            idle_keepalive: Duration::from_secs(20),
+            idle_after: Duration::from_secs(10),
             keepalive_misses: 3,
             upgrade_interval: Duration::from_secs(30),
         }
@@ -120,10 +136,14 @@ enum State {
     },
     Direct {
         addr: SocketAddr,
+        /// The local socket the path runs from (0: the daemon's; others: many-port).
+        socket: u16,
         tier: Tier,
         next_ping: Instant,
         misses: u32,
         outstanding: Option<u64>,
+        /// Until when the path counts as active (fast keepalives).
+        active_until: Instant,
     },
 }
 
@@ -195,6 +215,17 @@ impl PeerPath {
         candidates: Vec<(SocketAddr, CandidateKind)>,
         start_at: Instant,
     ) {
+        self.handle_introduction_with(session, candidates, start_at, Spray::Off);
+    }
+
+    /// [`PeerPath::handle_introduction`] with many-port probing in the role `spray`.
+    pub fn handle_introduction_with(
+        &mut self,
+        session: u64,
+        candidates: Vec<(SocketAddr, CandidateKind)>,
+        start_at: Instant,
+        spray: Spray,
+    ) {
         if matches!(self.state, State::Direct { .. }) {
             return;
         }
@@ -205,7 +236,8 @@ impl PeerPath {
             candidates,
             start_at,
             seed,
-        );
+        )
+        .with_spray(spray);
         self.state = State::Punching {
             punch: Box::new(punch),
         };
@@ -213,12 +245,24 @@ impl PeerPath {
 
     /// A probe from the peer arrived from `src` (opened and checked by the caller).
     pub fn handle_probe(&mut self, now: Instant, src: SocketAddr, probe: ProbeBody) {
+        self.handle_probe_on(now, src, 0, probe);
+    }
+
+    /// [`PeerPath::handle_probe`] for a probe received on local socket `socket` (0: the
+    /// daemon's socket; others: the extra sockets of many-port probing).
+    pub fn handle_probe_on(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        socket: u16,
+        probe: ProbeBody,
+    ) {
         if probe.session == KEEPALIVE_SESSION {
-            self.handle_keepalive(src, probe);
+            self.handle_keepalive(src, socket, probe);
             return;
         }
         if let State::Punching { punch } = &mut self.state {
-            punch.handle_probe(now, src, probe);
+            punch.handle_probe_on(now, src, socket, probe);
             self.drain_punch(now);
         } else if probe.kind == ProbeKind::Ping {
             // A late ping of a finished punch: answer so the peer finishes too.
@@ -229,11 +273,12 @@ impl PeerPath {
                     observed: Some(src),
                     ..probe
                 },
+                socket,
             });
         }
     }
 
-    fn handle_keepalive(&mut self, src: SocketAddr, probe: ProbeBody) {
+    fn handle_keepalive(&mut self, src: SocketAddr, socket: u16, probe: ProbeBody) {
         match probe.kind {
             ProbeKind::Ping => self.transmits.push_back(Transmit {
                 dst: src,
@@ -242,16 +287,18 @@ impl PeerPath {
                     observed: Some(src),
                     ..probe
                 },
+                socket,
             }),
             ProbeKind::Pong => {
                 if let State::Direct {
                     addr,
+                    socket: on,
                     misses,
                     outstanding,
                     ..
                 } = &mut self.state
                 {
-                    if *addr == src && *outstanding == Some(probe.nonce) {
+                    if *addr == src && *on == socket && *outstanding == Some(probe.nonce) {
                         *misses = 0;
                         *outstanding = None;
                     }
@@ -268,14 +315,26 @@ impl PeerPath {
             self.transmits.push_back(t);
         }
         match punch.poll_event() {
-            Some(PunchEvent::Direct { addr, via, rtt, .. }) => {
-                let tier = Tier::from_candidate(via);
+            Some(PunchEvent::Direct {
+                addr,
+                via,
+                rtt,
+                socket,
+                ..
+            }) => {
+                let tier = if socket == 0 {
+                    Tier::from_candidate(via)
+                } else {
+                    Tier::DirectManyPort
+                };
                 self.state = State::Direct {
                     addr,
+                    socket,
                     tier,
                     next_ping: now + self.config.keepalive,
                     misses: 0,
                     outstanding: None,
+                    active_until: now + self.config.idle_after,
                 };
                 self.events.push_back(PathEvent::Changed {
                     path: Path::Direct(addr),
@@ -313,9 +372,11 @@ impl PeerPath {
         let nonce = self.nonce();
         let State::Direct {
             addr,
+            socket,
             next_ping,
             misses,
             outstanding,
+            active_until,
             ..
         } = &mut self.state
         else {
@@ -332,8 +393,13 @@ impl PeerPath {
             return;
         }
         *outstanding = Some(nonce);
-        *next_ping = now + self.config.keepalive;
-        let dst = *addr;
+        let interval = if now < *active_until {
+            self.config.keepalive
+        } else {
+            self.config.idle_keepalive
+        };
+        *next_ping = now + interval;
+        let (dst, socket) = (*addr, *socket);
         self.transmits.push_back(Transmit {
             dst,
             body: ProbeBody {
@@ -342,7 +408,27 @@ impl PeerPath {
                 nonce,
                 observed: None,
             },
+            socket,
         });
+    }
+
+    /// Traffic to or from the peer was seen: the path is active for `idle_after` more, and
+    /// an idle schedule is brought forward to the active one.
+    pub fn note_traffic(&mut self, now: Instant) {
+        if let State::Direct {
+            next_ping,
+            active_until,
+            ..
+        } = &mut self.state
+        {
+            *active_until = now + self.config.idle_after;
+            *next_ping = (*next_ping).min(now + self.config.keepalive);
+        }
+    }
+
+    /// Whether the path is direct and idle (pinged at the slow interval).
+    pub fn is_idle(&self, now: Instant) -> bool {
+        matches!(&self.state, State::Direct { active_until, .. } if now >= *active_until)
     }
 
     /// The direct path died (or the network changed): back to the relay, and re-punch.

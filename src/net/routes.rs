@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use agentmesh_proto::NodeId;
@@ -25,6 +26,9 @@ struct Table {
     node_of_virtual: HashMap<SocketAddr, NodeId>,
     path_of: HashMap<NodeId, Path>,
     node_of_direct: HashMap<SocketAddr, NodeId>,
+    /// QUIC packets sent to or received from each peer (the path finder reads them to
+    /// tell an active direct path from an idle one).
+    traffic: HashMap<NodeId, AtomicU64>,
     next: u32,
 }
 
@@ -88,7 +92,23 @@ impl Routes {
         let addr = SocketAddr::V6(SocketAddrV6::new(ip, 1, 0, 0));
         t.virtual_of.insert(node, addr);
         t.node_of_virtual.insert(addr, node);
+        t.traffic.insert(node, AtomicU64::new(0));
         addr
+    }
+
+    /// Counts one QUIC packet to or from `node` (the socket calls it per packet).
+    pub fn count_traffic(&self, node: &NodeId) {
+        if let Some(c) = self.read().traffic.get(node) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// QUIC packets to and from `node` so far.
+    pub fn traffic(&self, node: &NodeId) -> u64 {
+        self.read()
+            .traffic
+            .get(node)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Sets the path of `node` (allocating its virtual address if needed).
@@ -125,9 +145,14 @@ impl Routes {
 
     /// The peer whose direct path is `addr`, as its virtual address.
     pub fn virtual_of_direct(&self, addr: &SocketAddr) -> Option<SocketAddr> {
+        self.peer_of_direct(addr).map(|(_, v)| v)
+    }
+
+    /// The peer whose direct path is `addr`, and its virtual address.
+    pub fn peer_of_direct(&self, addr: &SocketAddr) -> Option<(NodeId, SocketAddr)> {
         let t = self.read();
         let node = t.node_of_direct.get(addr)?;
-        t.virtual_of.get(node).copied()
+        Some((*node, *t.virtual_of.get(node)?))
     }
 }
 
@@ -152,6 +177,10 @@ mod tests {
         assert_eq!(r.resolve_virtual(&v), Some((n, Some(Path::Direct(b)))));
         r.set_path(n, Path::Relay);
         assert_eq!(r.virtual_of_direct(&b), None);
+        assert_eq!(r.traffic(&n), 0);
+        r.count_traffic(&n);
+        r.count_traffic(&n);
+        assert_eq!(r.traffic(&n), 2);
         assert!(!is_virtual(&a));
     }
 }

@@ -301,6 +301,18 @@ async fn agents_on_two_daemons_work_together_and_the_path_goes_direct() {
         "{st}"
     );
 
+    // The relay link may still be coming up: the requests above no longer wait for it
+    // (a handshake the relay could not carry is replayed on the direct path).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = caller.call("status", json!({})).await.unwrap();
+        if st["net"]["relay"]["connected"] == json!(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "relay link never up: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // The metrics page counts the same: a session, a LAN punch, a direct peer, the
     // requests; on B the requests arrived from a peer.
     let page = scrape(_a.admin.expect("admin listener")).await;

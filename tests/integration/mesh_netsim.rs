@@ -19,7 +19,7 @@ use agentmesh::simworld::{SiteSpec, World};
 use netsim::Preset;
 use serde_json::{json, Value};
 
-use crate::punch_matrix::expected;
+use crate::punch_matrix::expected_daemon as expected;
 
 /// (caller daemon, callee daemon), indices into the world's daemons.
 type Job = (usize, usize);
@@ -65,6 +65,18 @@ struct Cell {
     /// Round trip between the two hosts: each site is two links (host–NAT, NAT–internet)
     /// of its latency, each way.
     rtt: Duration,
+    /// Whether the callee's relay link was up when the request left: if not, the relay
+    /// drops the handshake ("peer not connected") and only a direct path can carry it.
+    callee_relay_up: bool,
+}
+
+/// Whether the daemon at `socket` has its relay link connected.
+async fn relay_up(socket: &std::path::Path) -> bool {
+    let Ok(mut c) = Client::connect(socket).await else {
+        return false;
+    };
+    let st = c.call("status", json!({})).await.unwrap_or_default();
+    st["net"]["relay"]["connected"] == json!(true)
 }
 
 async fn agent_id(c: &mut Client, site: &str) -> Value {
@@ -137,6 +149,7 @@ async fn run_pair(world: &World, a: usize, b: usize) -> Cell {
         .unwrap()["agent_id"]
         .clone();
     let to = agent_id(&mut c, &db.name).await;
+    let callee_relay_up = relay_up(&db.socket).await;
     let start = Instant::now();
     if let Err(e) = echo(&mut c, &me, &to).await {
         panic!("{} → {}: request failed: {e}", da.name, db.name);
@@ -169,11 +182,24 @@ async fn run_pair(world: &World, a: usize, b: usize) -> Cell {
         first,
         to_direct,
         rtt,
+        callee_relay_up,
+    }
+}
+
+/// Logs to stderr when `AGENTMESH_TEST_LOG` holds a tracing filter (e.g.
+/// `quinn_proto=debug,agentmesh::net=debug`), to see why one pair was slow.
+fn init_log() {
+    if let Ok(filter) = std::env::var("AGENTMESH_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possible() {
+    init_log();
     let dir = tempfile::tempdir().unwrap();
     let sites = sites();
     let mut world = World::start(dir.path(), &sites, 4787).await.unwrap();
@@ -187,6 +213,23 @@ async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possib
         .await
         .unwrap();
     }
+    // Cold start is measured on a ready mesh: every daemon's relay link up. (A request to
+    // a daemon whose link is still coming up loses its handshake at the relay, "peer not
+    // connected", and waits for the direct path; that case is shown by the last column.)
+    let ready = Instant::now();
+    let mut waited = Vec::new();
+    for d in &world.daemons {
+        while !relay_up(&d.socket).await && ready.elapsed() < Duration::from_secs(15) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        waited.push(format!(
+            "{} ({}) {} ms",
+            d.name,
+            d.node_id.short(),
+            ready.elapsed().as_millis()
+        ));
+    }
+    eprintln!("relay links up: {}", waited.join(", "));
     let n = presets().len();
     let mut jobs = Vec::new();
     for i in 0..n {
@@ -212,14 +255,14 @@ async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possib
     let jobs: Vec<Job> = parallel.into_iter().chain(serial).collect();
 
     let mut grid = String::from(
-        "pair                                        expect  got     tier               first     to direct   rtt    first/rtt direct/rtt\n",
+        "pair                                        expect  got     tier               first     to direct   rtt    first/rtt direct/rtt callee relay\n",
     );
     let mut wrong = Vec::new();
     for c in &cells {
         let got_direct = c.path == "direct";
         let in_rtts = |d: Duration| d.as_secs_f64() / c.rtt.as_secs_f64().max(1e-9);
         grid.push_str(&format!(
-            "{:<43} {:<7} {:<7} {:<18} {:>6} ms {:>9} {:>4} ms {:>9.1} {:>10}\n",
+            "{:<43} {:<7} {:<7} {:<18} {:>6} ms {:>9} {:>4} ms {:>9.1} {:>10} {}\n",
             c.pair,
             if c.want_direct { "direct" } else { "relay" },
             c.path,
@@ -231,6 +274,7 @@ async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possib
             in_rtts(c.first),
             c.to_direct
                 .map_or("-".into(), |d| format!("{:.1}", in_rtts(d))),
+            if c.callee_relay_up { "up" } else { "down" },
         ));
         if got_direct != c.want_direct {
             wrong.push(format!(

@@ -245,3 +245,51 @@ async fn a_flood_of_non_quic_datagrams_does_not_starve_the_connection() {
     assert_eq!(first.kind, Kind::Probe);
     assert!(a.handle.stats().diverted.load(Ordering::Relaxed) > 0);
 }
+
+/// The relay drops the handshake (the peer is not connected to it yet). When the path
+/// turns direct, the replayed handshake completes the connection at once, not at quinn's
+/// retransmission timeout (about 1 s after the first Initial with the default 333 ms
+/// initial RTT).
+#[tokio::test]
+async fn a_handshake_the_relay_lost_completes_as_soon_as_the_path_is_direct() {
+    let a = side(7);
+    let b = side(8);
+    let (na, nb) = (a.key.node_id(), b.key.node_id());
+    // Neither relay has a far end: every relayed packet is lost.
+    a.routes.set_path(nb, Path::Relay);
+    b.routes.set_path(na, Path::Relay);
+    spawn_echo_server(b.endpoint.clone());
+    let client =
+        agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(nb), &[ALPN_PEER])
+            .unwrap();
+    let connecting = a
+        .endpoint
+        .connect_with(
+            client,
+            a.routes.virtual_addr(nb),
+            agentmesh_tlsid::SERVER_NAME,
+        )
+        .unwrap();
+    let dial = tokio::spawn(connecting);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(a.handle.stats().relay_sent.load(Ordering::Relaxed) > 0);
+    // The punch succeeded on both sides.
+    b.routes.set_path(na, Path::Direct(a.real));
+    a.routes.set_path(nb, Path::Direct(b.real));
+    let switched = std::time::Instant::now();
+    assert!(a.handle.replay_handshake(nb, b.real) >= 1);
+    let conn = tokio::time::timeout(Duration::from_secs(10), dial)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let took = switched.elapsed();
+    assert!(
+        took < Duration::from_millis(600),
+        "handshake done {took:?} after the switch: waited for a retransmission"
+    );
+    assert_eq!(echo_once(&conn, b"direct").await, b"direct");
+    assert_eq!(a.handle.stats().replayed.load(Ordering::Relaxed), 1);
+    // Nothing is left to replay once the handshake is over.
+    assert_eq!(a.handle.replay_handshake(nb, b.real), 0);
+}

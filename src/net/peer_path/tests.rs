@@ -181,3 +181,117 @@ fn a_network_change_drops_the_direct_path_and_re_punches() {
         Some(&PathEvent::WantIntroduction)
     );
 }
+
+/// Times at which `p` sends keepalive pings between `from` and `to` (answered at once,
+/// so the path stays up), with traffic noted at the instants in `traffic`.
+fn keepalive_times(
+    p: &mut PeerPath,
+    peer: SocketAddr,
+    from: Instant,
+    to: Instant,
+    traffic: &[Instant],
+) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let mut t = from;
+    while t < to {
+        if traffic.contains(&t) {
+            p.note_traffic(t);
+        }
+        if p.poll_timeout().is_some_and(|d| d <= t) {
+            p.handle_timeout(t);
+        }
+        while let Some(x) = p.poll_transmit() {
+            if x.body.session == KEEPALIVE_SESSION && x.body.kind == ProbeKind::Ping {
+                out.push(t - from);
+                let pong = ProbeBody {
+                    kind: ProbeKind::Pong,
+                    observed: Some(x.dst),
+                    ..x.body
+                };
+                p.handle_probe(t, peer, pong);
+            }
+        }
+        t += Duration::from_millis(100);
+    }
+    out
+}
+
+#[test]
+fn keepalive_is_fast_while_active_and_slow_when_idle() {
+    let config = PathConfig {
+        keepalive: Duration::from_secs(1),
+        idle_keepalive: Duration::from_secs(20),
+        idle_after: Duration::from_secs(10),
+        ..PathConfig::default()
+    };
+    let now = Instant::now();
+    let (a_addr, b_addr) = (addr("203.0.113.1:1000"), addr("198.51.100.1:2000"));
+    let mut a = PeerPath::new(now, config.clone(), Tier::RelayUdp, 1);
+    let mut b = PeerPath::new(now, config, Tier::RelayUdp, 2);
+    a.handle_introduction(7, vec![(b_addr, CandidateKind::Reflexive)], now);
+    b.handle_introduction(7, vec![(a_addr, CandidateKind::Reflexive)], now);
+    // Punch over a 10 ms wire (as punch_pair, with this config).
+    let mut t = now;
+    while !matches!(a.path(), Path::Direct(_)) {
+        for p in [&mut a, &mut b] {
+            if p.poll_timeout().is_some_and(|d| d <= t) {
+                p.handle_timeout(t);
+            }
+        }
+        let ta: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+        let tb: Vec<_> = std::iter::from_fn(|| b.poll_transmit()).collect();
+        t += Duration::from_millis(10);
+        ta.into_iter()
+            .for_each(|x| b.handle_probe(t, a_addr, x.body));
+        tb.into_iter()
+            .for_each(|x| a.handle_probe(t, b_addr, x.body));
+        assert!(t - now < Duration::from_secs(5), "never direct");
+    }
+    drain_events(&mut a);
+    let direct_at = t;
+
+    // New path, no traffic: fast pings for `idle_after`, then one every 20 s.
+    let pings = keepalive_times(
+        &mut a,
+        b_addr,
+        direct_at,
+        direct_at + Duration::from_secs(60),
+        &[],
+    );
+    let fast = pings
+        .iter()
+        .filter(|d| **d <= Duration::from_secs(10))
+        .count();
+    assert!((9..=11).contains(&fast), "fast pings while new: {pings:?}");
+    let late: Vec<_> = pings
+        .iter()
+        .filter(|d| **d > Duration::from_secs(11))
+        .collect();
+    assert!(
+        late.windows(2)
+            .all(|w| *w[1] - *w[0] == Duration::from_secs(20)),
+        "{pings:?}"
+    );
+    assert!(late.len() <= 3 && !late.is_empty(), "{pings:?}");
+    assert!(a.is_idle(direct_at + Duration::from_secs(60)));
+    assert!(pings
+        .windows(2)
+        .all(|w| w[1] - w[0] <= Duration::from_secs(25)));
+
+    // Traffic resumes: the next ping comes within the fast interval, and stays fast.
+    let resume = direct_at + Duration::from_secs(60);
+    let pings = keepalive_times(
+        &mut a,
+        b_addr,
+        resume,
+        resume + Duration::from_secs(5),
+        &[resume],
+    );
+    assert!(!a.is_idle(resume + Duration::from_secs(5)));
+    assert!(
+        pings.first().is_some_and(|d| *d <= Duration::from_secs(1)),
+        "{pings:?}"
+    );
+    assert!(pings.len() >= 4, "{pings:?}");
+    assert!(matches!(a.path(), Path::Direct(_)), "stayed direct");
+}

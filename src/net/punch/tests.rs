@@ -129,6 +129,7 @@ fn simultaneous_pings_open_both_nats() {
                 via,
                 rtt,
                 observed,
+                socket: 0,
             }] => {
                 assert_eq!(*addr, w.sides[1 - i].1.public);
                 assert_eq!(*via, CandidateKind::Reflexive);
@@ -269,4 +270,146 @@ fn predicted_ports_follow_the_observed_one() {
         .map(|(a, _)| a.port())
         .collect();
     assert_eq!(got, vec![65534, 65535]);
+}
+
+/// Drives a lone punch (no answers) through its whole life; returns every transmit with
+/// the time it was due.
+fn lone_run(
+    spray: Spray,
+    candidates: Vec<(SocketAddr, CandidateKind)>,
+) -> Vec<(Duration, Transmit)> {
+    let start = Instant::now();
+    let mut p = Punch::new(PunchConfig::default(), 3, candidates, start, 5).with_spray(spray);
+    let mut out = Vec::new();
+    while let Some(at) = p.poll_timeout() {
+        p.handle_timeout(at);
+        while let Some(t) = p.poll_transmit() {
+            out.push((at - start, t));
+        }
+        assert!(at - start <= Duration::from_secs(10), "never gives up");
+    }
+    assert!(matches!(p.poll_event(), Some(PunchEvent::GaveUp { .. })));
+    out
+}
+
+#[test]
+fn spraying_random_ports_is_bounded_and_waits_for_the_plain_punch() {
+    let peer = addr("198.51.100.20:50000");
+    let cfg = SprayConfig::default();
+    let sent = lone_run(
+        Spray::Ports { ip: peer.ip() },
+        vec![(peer, CandidateKind::Reflexive)],
+    );
+    let sprayed: Vec<&(Duration, Transmit)> = sent.iter().filter(|(_, t)| t.dst != peer).collect();
+    assert_eq!(sprayed.len(), cfg.budget as usize, "exactly the budget");
+    assert!(sprayed.iter().all(|(at, t)| *at >= cfg.after
+        && t.dst.ip() == peer.ip()
+        && t.dst.port() >= cfg.min_port
+        && t.socket == 0));
+    // Paced: never more than `per_round` in one round.
+    let mut per_round = std::collections::HashMap::new();
+    for (at, _) in &sprayed {
+        *per_round.entry(*at).or_insert(0u32) += 1;
+    }
+    assert!(per_round.values().all(|n| *n <= cfg.per_round));
+    let distinct: HashSet<u16> = sprayed.iter().map(|(_, t)| t.dst.port()).collect();
+    assert!(distinct.len() > 900, "ports spread: {}", distinct.len());
+}
+
+#[test]
+fn the_hard_side_pings_from_every_extra_socket_once_a_second() {
+    let peer = addr("198.51.100.20:50000");
+    let sent = lone_run(
+        Spray::Doors { sockets: 4 },
+        vec![
+            (peer, CandidateKind::Reflexive),
+            (addr("10.0.0.2:5000"), CandidateKind::Local),
+        ],
+    );
+    let doors: Vec<&(Duration, Transmit)> = sent.iter().filter(|(_, t)| t.socket != 0).collect();
+    // From 1 s to the 6 s give-up, every second: 5 rounds of 4 sockets, public target only.
+    assert_eq!(doors.len(), 5 * 4);
+    assert!(doors
+        .iter()
+        .all(|(at, t)| t.dst == peer && *at >= Duration::from_secs(1)));
+    let sockets: HashSet<u16> = doors.iter().map(|(_, t)| t.socket).collect();
+    assert_eq!(sockets, (1..=4).collect());
+}
+
+#[test]
+fn a_sprayed_ping_on_an_extra_socket_is_answered_from_it_and_wins_there() {
+    let now = Instant::now();
+    let easy = addr("198.51.100.20:50000");
+    let mut p = Punch::new(
+        PunchConfig::default(),
+        9,
+        [(easy, CandidateKind::Reflexive)],
+        now,
+        1,
+    )
+    .with_spray(Spray::Doors { sockets: 8 });
+    let ping = ProbeBody {
+        kind: ProbeKind::Ping,
+        session: 9,
+        nonce: 77,
+        observed: None,
+    };
+    p.handle_probe_on(now, easy, 5, ping);
+    let pong = p.poll_transmit().unwrap();
+    assert_eq!(
+        (pong.dst, pong.socket, pong.body.kind),
+        (easy, 5, ProbeKind::Pong)
+    );
+    let back = p.poll_transmit().unwrap();
+    assert_eq!(
+        (back.dst, back.socket, back.body.kind),
+        (easy, 5, ProbeKind::Ping)
+    );
+    // Its pong on another socket does not count; on socket 5 it does.
+    let answer = ProbeBody {
+        kind: ProbeKind::Pong,
+        session: 9,
+        nonce: back.body.nonce,
+        observed: None,
+    };
+    p.handle_probe_on(now, easy, 0, answer);
+    assert_eq!(p.poll_event(), None);
+    p.handle_probe_on(now + Duration::from_millis(3), easy, 5, answer);
+    assert!(matches!(
+        p.poll_event(),
+        Some(PunchEvent::Direct {
+            via: CandidateKind::ManyPort,
+            socket: 5,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn only_random_symmetric_against_endpoint_independent_sprays() {
+    use MappingKind::*;
+    let cfg = SprayConfig::default();
+    let hard = addr("198.51.100.20:1").ip();
+    let ip = Some(hard);
+    assert_eq!(
+        spray_role(Random, EndpointIndependent, ip, &cfg),
+        Spray::Doors { sockets: 256 }
+    );
+    assert_eq!(
+        spray_role(EndpointIndependent, Random, ip, &cfg),
+        Spray::Ports { ip: hard }
+    );
+    for (a, b) in [
+        (Random, Random),
+        (Random, Sequential),
+        (Sequential, EndpointIndependent),
+        (EndpointIndependent, EndpointIndependent),
+        (OpenOrUnknown, Random),
+    ] {
+        assert_eq!(spray_role(a, b, ip, &cfg), Spray::Off, "{a:?} x {b:?}");
+    }
+    assert_eq!(
+        spray_role(EndpointIndependent, Random, None, &cfg),
+        Spray::Off
+    );
 }
