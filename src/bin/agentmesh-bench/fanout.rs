@@ -105,6 +105,7 @@ pub(crate) async fn run(s: &Services, dir: &Path, cfg: FanoutConfig) -> anyhow::
     }
     // Late or repeated deliveries still in flight.
     drain(&mut setup.receipts, &mut counts, Duration::from_secs(1)).await;
+    let paths = publisher_paths(&mut setup.publisher).await?;
     let lost: usize = counts.iter().flatten().filter(|&&c| c == 0).count();
     let duplicates: u64 = counts
         .iter()
@@ -135,10 +136,25 @@ pub(crate) async fn run(s: &Services, dir: &Path, cfg: FanoutConfig) -> anyhow::
             "last_p99_ms": l.p99_us / 1e3,
             "median_receive_p50_ms": m.p50_us / 1e3,
         },
+        "publisher_sessions_by_path": paths,
         "deliveries_expected": total * emits,
         "lost": lost,
         "duplicates": duplicates,
     }))
+}
+
+/// How many of the publisher daemon's peer sessions are on each path (`direct`,
+/// `relay`), from its `status`.
+async fn publisher_paths(publisher: &mut Client) -> anyhow::Result<Value> {
+    let st = publisher.call("status", json!({})).await?;
+    let mut by_path = serde_json::Map::new();
+    let peers = st["net"]["peers"].as_array().cloned().unwrap_or_default();
+    for p in peers.iter().filter(|p| p["session"] == json!(true)) {
+        let path = p["path"].as_str().unwrap_or("unknown").to_string();
+        let n = by_path.get(&path).and_then(Value::as_u64).unwrap_or(0);
+        by_path.insert(path, json!(n + 1));
+    }
+    Ok(Value::Object(by_path))
 }
 
 fn median_of(times: &[Duration]) -> Duration {
