@@ -5,9 +5,14 @@
 //! path vs a raw UDP ping-pong vs NATS request/reply), `relay-rtt` (the same agentmesh
 //! request with both daemons firewalled to the rendezvous and relay, so the path stays
 //! relayed), `stream` (one large QUIC stream: raw quinn vs the mesh socket direct vs
-//! through the relay), `footprint` (RSS of one idle daemon, CPU at a fixed request rate).
+//! through the relay), `footprint` (RSS of one idle daemon and CPU at a fixed request
+//! rate in-process; then the real `agentmeshd` as its own process: RSS idle and per idle
+//! peer session, CPU at 10,000 requests/s), `fanout` (one `emit` to 1,000 subscribers on
+//! 100 daemons, cold and warm).
 //! Table on stdout, JSON in `target/bench/results.json`, progress on stderr.
 
+mod external;
+mod fanout;
 mod firewall;
 mod footprint;
 mod mesh;
@@ -61,6 +66,24 @@ struct Args {
     /// Seconds of the CPU measurement.
     #[arg(long, default_value_t = 5)]
     cpu_secs: u64,
+    /// Peer daemons that open a session to the separate-process daemon (footprint).
+    #[arg(long, default_value_t = 1000)]
+    footprint_peers: usize,
+    /// Request rate offered to the separate-process daemon (footprint).
+    #[arg(long, default_value_t = 10_000)]
+    daemon_cpu_rate: u32,
+    /// Concurrent clients offering that rate, each one request at a time.
+    #[arg(long, default_value_t = 64)]
+    daemon_cpu_clients: usize,
+    /// Subscriber daemons of the fan-out part.
+    #[arg(long, default_value_t = 100)]
+    fanout_nodes: usize,
+    /// Subscriber agents on each of them.
+    #[arg(long, default_value_t = 10)]
+    fanout_subscribers: usize,
+    /// Warm emits after the cold one.
+    #[arg(long, default_value_t = 50)]
+    fanout_emits: usize,
     /// Where the JSON goes.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
@@ -72,11 +95,18 @@ enum Part {
     RelayRtt,
     Stream,
     Footprint,
+    Fanout,
 }
 
 impl Part {
     fn all() -> Vec<Part> {
-        vec![Part::Rtt, Part::RelayRtt, Part::Stream, Part::Footprint]
+        vec![
+            Part::Rtt,
+            Part::RelayRtt,
+            Part::Stream,
+            Part::Footprint,
+            Part::Fanout,
+        ]
     }
 }
 
@@ -134,6 +164,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    let (nofile, nofile_hard) = footprint::raise_nofile_limit()?;
     let mut report = Report {
         meta: json!({
             "iterations": args.iterations,
@@ -143,6 +174,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "relay_default_limits": args.relay_default_limits,
             "load_average_before": load_average(),
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "nofile_limit": [nofile, nofile_hard],
         }),
         ..Report::default()
     };
@@ -182,8 +214,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     drop(contenders);
+    if has(Part::Footprint) {
+        let cfg = external::ExternalConfig {
+            peers: args.footprint_peers,
+            rate: args.daemon_cpu_rate,
+            clients: args.daemon_cpu_clients,
+            secs: args.cpu_secs,
+        };
+        let ext = external::run(&services, dir.path(), cfg).await?;
+        if let Value::Object(o) = &mut report.footprint {
+            o.insert("agentmeshd".into(), ext);
+        }
+    }
     if has(Part::Stream) {
         report.stream = stream_part(&args, &services).await?;
+    }
+    if has(Part::Fanout) {
+        let cfg = fanout::FanoutConfig {
+            nodes: args.fanout_nodes,
+            per_node: args.fanout_subscribers,
+            warm_emits: args.fanout_emits,
+        };
+        report.fanout = fanout::run(&services, dir.path(), cfg).await?;
     }
     report.meta["load_average_after"] = json!(load_average());
     report.check_targets(&args.payloads);
@@ -193,7 +245,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

@@ -82,6 +82,13 @@ impl Services {
 
     /// A daemon's configuration, as its TOML file would say it.
     pub(crate) fn daemon_config(&self, dir: &Path, name: &str) -> anyhow::Result<DaemonConfig> {
+        Ok(DaemonConfig::parse(&self.daemon_toml(dir, name)?)?)
+    }
+
+    /// A daemon's TOML configuration file: socket and state under `dir`, this
+    /// rendezvous and relay, no UPnP, no admin listener (a thousand daemons would all
+    /// try the default port).
+    pub(crate) fn daemon_toml(&self, dir: &Path, name: &str) -> anyhow::Result<String> {
         let stun: Vec<String> = self
             .rv
             .stun_alt_addr
@@ -92,7 +99,7 @@ impl Services {
         let tls = self.relay.tls_addr.context("relay without TLS")?;
         let text = format!(
             "socket = \"{d}/{name}.sock\"\nstate_dir = \"{d}/{name}\"\nlisten = \"127.0.0.1:0\"\n\
-             upnp = false\nstun_servers = [{stun}]\n\
+             upnp = false\nadmin = \"\"\nstun_servers = [{stun}]\n\
              [rendezvous]\naddr = \"{rv}\"\nnode_id = \"{rv_id}\"\ntenant = \"bench\"\n\
              token = \"bench-token\"\n\
              [relay]\nnode_id = \"{relay_id}\"\nudp = \"{udp}\"\ntls = \"{tls}\"\n",
@@ -102,7 +109,7 @@ impl Services {
             rv_id = self.rv.id,
             relay_id = self.relay.relay_id,
         );
-        Ok(DaemonConfig::parse(&text)?)
+        Ok(text)
     }
 }
 
@@ -112,6 +119,17 @@ pub(crate) struct RunningDaemon {
     task: tokio::task::JoinHandle<()>,
     /// Datagrams the firewall dropped (zero without one).
     pub(crate) dropped: Arc<AtomicU64>,
+}
+
+impl RunningDaemon {
+    /// Stops the daemon the way SIGTERM does (its network node shuts down, sessions
+    /// close) and waits for it, at most `within`.
+    pub(crate) async fn shutdown(mut self, within: Duration) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(within, &mut self.task).await;
+    }
 }
 
 impl Drop for RunningDaemon {

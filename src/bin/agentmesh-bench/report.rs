@@ -43,6 +43,7 @@ pub(crate) struct Report {
     pub(crate) paths: Value,
     pub(crate) stream: Vec<StreamRow>,
     pub(crate) footprint: Value,
+    pub(crate) fanout: Value,
     pub(crate) checks: Vec<Check>,
 }
 
@@ -126,6 +127,36 @@ impl Report {
             0.8,
             false,
         );
+        let ext = &self.footprint["agentmeshd"];
+        check(
+            "agentmeshd: memory per idle peer session ≤ 50 KiB (bytes)".into(),
+            ext["per_idle_peer_bytes"].as_f64(),
+            50.0 * 1024.0,
+            true,
+        );
+        let remote = &ext["cpu_remote_requests"];
+        check(
+            "agentmeshd: served / offered requests (over the mesh) ≥ 0.95".into(),
+            remote["served_per_s"]
+                .as_f64()
+                .zip(remote["offered_per_s"].as_f64())
+                .map(|(s, o)| s / o),
+            0.95,
+            false,
+        );
+        let f = &self.fanout;
+        check(
+            "fan-out: lost deliveries = 0".into(),
+            f["lost"].as_f64(),
+            0.0,
+            true,
+        );
+        check(
+            "fan-out: duplicate deliveries = 0".into(),
+            f["duplicates"].as_f64(),
+            0.0,
+            true,
+        );
         self.checks = checks;
     }
 
@@ -175,6 +206,9 @@ impl Report {
         if !self.footprint.is_null() {
             println!("\nFootprint: {}", self.footprint);
         }
+        if !self.fanout.is_null() {
+            self.print_fanout();
+        }
         if !self.checks.is_empty() {
             println!("\nTargets\n");
             println!("| target | value | pass |");
@@ -184,6 +218,37 @@ impl Report {
                 println!("| {} | {:.2} | {} |", c.target, c.value, pass);
             }
         }
+    }
+
+    fn print_fanout(&self) {
+        let f = &self.fanout;
+        let ms = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.1}"));
+        println!(
+            "\nFan-out: one emit to {} subscribers on {} daemons (ms from emit)\n",
+            f["subscribers"], f["nodes"]
+        );
+        println!("| emit | received | last receiver | p50 receiver |");
+        println!("|---|---:|---:|---:|");
+        let c = &f["cold"];
+        println!(
+            "| cold (first) | {} | {} | {} |",
+            c["received"],
+            ms(&c["last_ms"]),
+            ms(&c["p50_ms"])
+        );
+        let w = &f["warm"];
+        println!(
+            "| warm ({} emits) | {} incomplete | p50 {} / p99 {} | p50 {} |",
+            w["emits"],
+            w["incomplete_emits"],
+            ms(&w["last_p50_ms"]),
+            ms(&w["last_p99_ms"]),
+            ms(&w["median_receive_p50_ms"])
+        );
+        println!(
+            "\nDeliveries: {} expected, {} lost, {} duplicated",
+            f["deliveries_expected"], f["lost"], f["duplicates"]
+        );
     }
 
     pub(crate) fn write_json(&self, path: &Path) -> anyhow::Result<()> {

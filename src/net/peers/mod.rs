@@ -42,8 +42,14 @@ pub const ABSENT_MEMORY: Duration = Duration::from_secs(10);
 /// not connected.
 pub const GONE_GRACE: Duration = Duration::from_millis(1500);
 
-/// Most concurrent task streams per connection and direction.
-pub const MAX_STREAMS: u32 = 4096;
+/// Most concurrent task streams (bidirectional) a peer may open to us. quinn allocates
+/// state for every stream it allows up front (a few dozen bytes each, in two hash maps),
+/// so this is memory per idle session: 4096 cost ≈ 520 KB per peer (agentmesh-bench,
+/// footprint). A peer with more tasks in flight waits for a stream to finish.
+pub const MAX_STREAMS: u32 = 128;
+
+/// Most concurrent event streams (unidirectional, each finished as soon as written).
+pub const MAX_EVENT_STREAMS: u32 = 32;
 
 /// Prepares the way to a peer before it is dialed, and learns of peers that dial us.
 pub trait PathSetup: Send + Sync + 'static {
@@ -524,7 +530,8 @@ fn peer_of(conn: &Connection) -> Option<NodeId> {
     agentmesh_tlsid::peer_node_id_quic(conn).ok()
 }
 
-/// Raises quinn's default of 100 concurrent streams: every in-flight task is a stream.
+/// Sets the peer stream limits ([`MAX_STREAMS`], [`MAX_EVENT_STREAMS`]): every in-flight
+/// task is a stream.
 pub fn with_stream_limits(mut config: quinn::ClientConfig) -> quinn::ClientConfig {
     config.transport_config(Arc::new(transport()));
     config
@@ -534,7 +541,7 @@ pub fn with_stream_limits(mut config: quinn::ClientConfig) -> quinn::ClientConfi
 pub fn transport() -> quinn::TransportConfig {
     let mut t = agentmesh_tlsid::transport_config();
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
-    t.max_concurrent_uni_streams(VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_uni_streams(VarInt::from_u32(MAX_EVENT_STREAMS));
     t
 }
 
