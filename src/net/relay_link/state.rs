@@ -182,7 +182,7 @@ impl RelayLinkState {
             Ok((reply, event)) => {
                 if let Some(r) = reply {
                     if matches!(r, ClientMsg::Auth { .. }) {
-                        self.on_challenge_answered();
+                        self.on_challenge_answered(now);
                     }
                     self.push_udp(&r);
                 }

@@ -47,6 +47,8 @@ struct Node {
     index: u64,
     udp_ok: bool,
     tls_ok: bool,
+    /// How many challenge answers (UDP `Auth`) the network loses.
+    lose_auth: u32,
     open: Option<TlsConnId>,
     events: Vec<(Duration, LinkEvent)>,
     udp_sent: Vec<(Duration, ClientMsg)>,
@@ -72,6 +74,7 @@ impl World {
                 index: i as u64,
                 udp_ok: true,
                 tls_ok: true,
+                lose_auth: 0,
                 open: None,
                 events: Vec::new(),
                 udp_sent: Vec::new(),
@@ -129,9 +132,11 @@ impl World {
             match tx {
                 LinkTransmit::Udp { dst, bytes } => {
                     assert_eq!(dst, RELAY_UDP.parse().unwrap());
-                    n.udp_sent
-                        .push((t, wire::decode_datagram(&bytes, 1 << 20).unwrap()));
-                    if n.udp_ok {
+                    let msg: ClientMsg = wire::decode_datagram(&bytes, 1 << 20).unwrap();
+                    let lost = matches!(msg, ClientMsg::Auth { .. }) && n.lose_auth > 0;
+                    n.lose_auth -= u32::from(lost);
+                    n.udp_sent.push((t, msg));
+                    if n.udp_ok && !lost {
                         self.relay.handle_datagram(now, n.addr, &bytes);
                     }
                 }
@@ -586,4 +591,18 @@ fn a_store_the_relay_never_answers_ends_after_its_tries() {
     let retry = super::STORE_RETRY;
     assert_eq!(stored(&w, 0), vec![(retry * tries, id, None)]);
     assert_eq!(w.nodes[0].link.stores_pending(), 0);
+}
+
+#[test]
+fn a_lost_challenge_answer_is_followed_by_a_new_hello_soon() {
+    let mut w = World::new(vec![config(true)]);
+    w.nodes[0].lose_auth = 1;
+    w.run_until(secs(1.0));
+    assert_eq!(
+        w.connects(0),
+        vec![(secs(0.5), RelayTransport::Udp)],
+        "one hello interval after the lost answer, not the 2 s TLS fallback"
+    );
+    assert_eq!(w.hellos(0), vec![secs(0.0), secs(0.5)]);
+    assert!(w.nodes[0].tls_opened.is_empty());
 }

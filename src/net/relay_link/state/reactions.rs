@@ -128,13 +128,17 @@ impl RelayLinkState {
     }
 
     /// The relay's challenge over UDP was answered: stop repeating hellos.
-    pub(super) fn on_challenge_answered(&mut self) {
+    /// The relay's challenge was answered: the next hello waits a full retry interval,
+    /// and comes only if the answer or the `Welcome` was lost (the relay then challenges
+    /// again; a stale answer is refused and answered by a new hello).
+    pub(super) fn on_challenge_answered(&mut self, now: Instant) {
+        let retry = self.config.hello_retry;
         match &mut self.phase {
             Phase::UdpHello(h)
             | Phase::TlsUp {
                 probe: Probe::Hello(h),
                 ..
-            } => h.next_hello = None,
+            } => h.next_hello = Some(now + retry),
             _ => {}
         }
     }
