@@ -33,9 +33,10 @@ use super::status;
 use crate::api::RouterHandle;
 use crate::router::{NetSource, Output};
 
-/// Probe interval on a direct path: two silent ones (2–3 s) and the peer is back on the
-/// relay, so a NAT reboot or a lost uplink costs seconds, not the 60 s of a QUIC idle
-/// timeout. About 100 bytes each way per direct peer every second.
+/// Probe interval on a direct path that is new or carried traffic in the last 10 s: two
+/// silent ones (2–3 s) and the peer is back on the relay, so a NAT reboot or a lost uplink
+/// costs seconds, not the 60 s of a QUIC idle timeout. An idle path probes every 20 s
+/// (`PathConfig::idle_keepalive`), below NAT mapping timeouts.
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// What the network needs to know.
