@@ -51,11 +51,23 @@ fn tiny_run_registers_persists_and_discovers_everything() {
     assert_eq!(r["registration"]["persisted_rows"], 15);
     assert_eq!(r["server"]["agents"], 15);
     assert_eq!(r["server"]["nodes_online"], 3);
-    assert_eq!(r["server"]["registrations_total"], 15);
     assert_eq!(r["server"]["rejected_total"], 0);
     assert_eq!(r["server"]["discoveries_total"], 7 * 20);
     assert_eq!(r["heartbeats"]["errors"], 0);
-    assert_eq!(r["heartbeats"]["unknown_agents"], 0);
+    // Node 0 heartbeats as soon as it has registered; any agent reported unknown (expired
+    // on a stalled machine) was registered again.
+    assert!(r["heartbeats"]["acked"].as_u64().unwrap() >= 1);
+    let unknown = r["heartbeats"]["unknown_agents"].as_u64().unwrap();
+    let again = r["heartbeats"]["reregistered"].as_u64().unwrap();
+    assert!(
+        again <= unknown && unknown <= again + 5,
+        "{unknown} {again}"
+    );
+    let registrations = r["server"]["registrations_total"].as_u64().unwrap();
+    assert!(
+        (15..=15 + again).contains(&registrations),
+        "{registrations}"
+    );
     assert!(r["registration"]["agents_per_sec"].as_f64().unwrap() > 0.0);
     assert!(r["memory"]["rss_agents_kib"].as_u64().unwrap() > 0);
     assert!(r["sqlite"]["db_bytes"].as_u64().unwrap() > 0);
