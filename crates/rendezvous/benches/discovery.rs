@@ -3,14 +3,17 @@
 //! answer frame. Prints a table of p50/p99 per query kind and writes
 //! `target/bench/rendezvous.json`.
 //!
+//! Then what the client pays to decode a 100-result answer, and how much of that is
+//! checking that each node and agent id is a valid Ed25519 point.
+//!
 //! Run: `cargo bench -p agentmesh-rendezvous --bench discovery` (AGENTS=n to change the size).
 
 use std::time::{Duration, Instant};
 
-use agentmesh_proto::frame::encode;
+use agentmesh_proto::frame::{encode, from_bytes, to_bytes};
 use agentmesh_proto::manifest::Skill;
 use agentmesh_proto::rendezvous::ServerMsg;
-use agentmesh_proto::{DiscoverQuery, Manifest, NodeId, SecretKey};
+use agentmesh_proto::{AgentId, DiscoverQuery, Manifest, NodeId, SecretKey};
 use agentmesh_rendezvous::core::{AgentRow, CoreConfig, Server, TenantConfig};
 
 const CAPS: usize = 50;
@@ -161,8 +164,10 @@ fn main() {
             "p50_with_encode_us": us(e50), "p99_with_encode_us": us(e99), "avg_results": avg}),
         );
     }
+    let decode = client_decode(&core);
     let out = serde_json::json!({
         "bench": "rendezvous discovery",
+        "client_decode": decode,
         "agents": n,
         "rounds_per_query": ROUNDS,
         "load_s": load.as_secs_f64(),
@@ -179,6 +184,53 @@ fn main() {
         Ok(()) => println!("wrote {}", path.display()),
         Err(e) => eprintln!("cannot write {}: {e}", path.display()),
     }
+}
+
+/// Times decoding one 100-result `Discovered` body (as the client does) and checking one
+/// id (`AgentId::from_bytes`, an Ed25519 point decompression; every id decoded pays it).
+fn client_decode(core: &Server) -> serde_json::Value {
+    let agents = core.discover_in("t", &query("one capability", 0));
+    let results = agents.len();
+    let Ok(body) = to_bytes(&ServerMsg::Discovered { req: 1, agents }) else {
+        return serde_json::Value::Null;
+    };
+    let mut decode = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let msg = from_bytes::<ServerMsg>(&body);
+        decode.push(t.elapsed());
+        assert!(msg.is_ok());
+    }
+    let raw: Vec<[u8; 32]> = (0..ROUNDS as u64)
+        .map(|i| *key(i).agent_id().as_bytes())
+        .collect();
+    let mut checks: Vec<Duration> = raw
+        .iter()
+        .map(|b| {
+            let t = Instant::now();
+            let ok = AgentId::from_bytes(*b).is_ok();
+            let d = t.elapsed();
+            assert!(ok);
+            d
+        })
+        .collect();
+    checks.sort();
+    let per_id = percentile(&checks, 0.5);
+    decode.sort();
+    let p50 = percentile(&decode, 0.5);
+    // Each result carries two ids: the hosting node's and the agent's.
+    let ids = per_id * (2 * results) as u32;
+    println!(
+        "client decode of a {results}-result answer ({} bytes): p50 {:.1} µs, of which \
+         {} id checks ≈ {:.1} µs (p50 {:.2} µs each)",
+        body.len(),
+        us(p50),
+        2 * results,
+        us(ids),
+        us(per_id)
+    );
+    serde_json::json!({"results": results, "bytes": body.len(), "decode_p50_us": us(p50),
+        "id_check_us": us(per_id), "id_checks_us": us(ids)})
 }
 
 fn us(d: Duration) -> f64 {

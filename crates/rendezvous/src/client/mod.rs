@@ -181,6 +181,12 @@ impl Client {
         }
     }
 
+    /// Changes how long a request waits for its answer (default 10 s) before
+    /// [`ClientError::Timeout`].
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// The address the rendezvous sees this daemon at.
     pub fn observed(&self) -> SocketAddr {
         self.observed

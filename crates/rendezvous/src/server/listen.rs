@@ -23,6 +23,29 @@ use agentmesh_dgram::DatagramSocket;
 /// Time a peer gets to finish the QUIC or TLS handshake and open its stream.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Receive and send buffer asked for the QUIC socket. The kernel's default (≈ 208 KiB)
+/// overflows when many daemons register at once (after a restart, 100 nodes each sending
+/// a 70 KB `Register` frame): datagrams are dropped and their QUIC streams wait for
+/// retransmission timeouts, seconds at the tail. Linux caps the request at
+/// `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER: usize = 4 << 20;
+
+/// Asks for [`UDP_BUFFER`]-sized socket buffers on `sock`; logs what the kernel granted.
+fn grow_buffers(sock: &std::net::UdpSocket) {
+    let granted = quinn::udp::UdpSocketState::new(sock.into()).and_then(|state| {
+        state.set_recv_buffer_size(sock.into(), UDP_BUFFER)?;
+        state.set_send_buffer_size(sock.into(), UDP_BUFFER)?;
+        Ok((
+            state.recv_buffer_size(sock.into())?,
+            state.send_buffer_size(sock.into())?,
+        ))
+    });
+    match granted {
+        Ok((recv, send)) => tracing::debug!(recv, send, "QUIC socket buffers"),
+        Err(e) => tracing::warn!(error = %e, "cannot size the QUIC socket buffers"),
+    }
+}
+
 fn bind_err(addr: SocketAddr) -> impl FnOnce(std::io::Error) -> ServeError {
     move |source| ServeError::Bind { addr, source }
 }
@@ -33,6 +56,7 @@ pub(super) async fn bind(cfg: &Config) -> Result<Sockets, ServeError> {
     std_sock
         .set_nonblocking(true)
         .map_err(bind_err(cfg.listen))?;
+    grow_buffers(&std_sock);
     let runtime = Arc::new(quinn::TokioRuntime);
     let udp = runtime
         .wrap_udp_socket(std_sock)

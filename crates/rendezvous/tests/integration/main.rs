@@ -8,5 +8,6 @@ mod abuse;
 mod binary;
 mod harness;
 mod registry;
+mod scale;
 mod simnet;
 mod stun;
