@@ -73,6 +73,9 @@ pub enum ServeError {
     },
 }
 
+/// Read buffer of one connection.
+const READ_BUFFER: usize = 64 * 1024;
+
 struct ConnEntry {
     outbox: Outbox,
     kill: Arc<Notify>,
@@ -237,9 +240,7 @@ fn deliver(conns: &mut HashMap<ConnId, ConnEntry>, conn: ConnId, msg: &serde_jso
     let Some(entry) = conns.get(&conn) else {
         return; // connection already gone
     };
-    let mut line = serde_json::to_vec(msg).unwrap_or_default();
-    line.push(b'\n');
-    match entry.outbox.push(line) {
+    match entry.outbox.push(agentmesh_proto::json_text::to_line(msg)) {
         Ok(()) => {}
         Err(OutboxError::Full) => {
             warn!(
@@ -309,7 +310,8 @@ async fn read_loop(
     kill: &Notify,
 ) -> bool {
     let max = shared.config.max_line_bytes;
-    let mut reader = BufReader::new(read);
+    // Large enough that a big request line (a 64 KiB input) takes few reads.
+    let mut reader = BufReader::with_capacity(READ_BUFFER, read);
     let mut buf = Vec::new();
     loop {
         let line = tokio::select! {

@@ -74,8 +74,7 @@ impl Client {
         };
         msg.insert("op".into(), json!(op));
         msg.insert("id".into(), json!(id));
-        let mut line = serde_json::to_vec(&Value::Object(msg))?;
-        line.push(b'\n');
+        let line = agentmesh_proto::json_text::to_line(&Value::Object(msg));
         self.writer.write_all(&line).await?;
         Ok(id)
     }

@@ -73,18 +73,18 @@ pub fn from_bytes<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(msg)
 }
 
-/// Encodes `msg` as one complete frame, refusing frames over `max` bytes.
+/// Encodes `msg` as one complete frame, refusing frames over `max` bytes. The body is
+/// written in place after the header (no second buffer, no copy of a large body).
 pub fn encode<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
-    let body = to_bytes(msg)?;
-    let len = body.len() + 1;
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+    bincode::serde::encode_into_std_write(msg, &mut out, config()).map_err(FrameError::Encode)?;
+    let len = out.len() - 4;
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
     let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })?;
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&len32.to_be_bytes());
-    out.push(FRAME_VERSION);
-    out.extend_from_slice(&body);
+    out[..4].copy_from_slice(&len32.to_be_bytes());
     Ok(out)
 }
 

@@ -91,8 +91,35 @@ fn decode(kind: KeyKind, text: &str) -> Result<[u8; 32], IdError> {
         .decode(body.to_ascii_uppercase().as_bytes())
         .map_err(|_| IdError::Encoding)?;
     let bytes: [u8; 32] = raw.try_into().map_err(|_| IdError::Encoding)?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| IdError::NotAKey)?;
+    check_key(&bytes)?;
     Ok(bytes)
+}
+
+/// Keys this thread already found valid, so an id seen on every message (the sender
+/// and recipient of each envelope) is not decompressed again: checking a point costs
+/// an Ed25519 field exponentiation, several microseconds, on every decode.
+const KNOWN_KEYS_MAX: usize = 1024;
+
+thread_local! {
+    static KNOWN_KEYS: std::cell::RefCell<std::collections::HashSet<[u8; 32]>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// Checks that `bytes` are a valid Ed25519 public key (remembering the answer when yes;
+/// the set is cleared when full, so it stays bounded).
+fn check_key(bytes: &[u8; 32]) -> Result<(), IdError> {
+    if KNOWN_KEYS.with(|k| k.borrow().contains(bytes)) {
+        return Ok(());
+    }
+    VerifyingKey::from_bytes(bytes).map_err(|_| IdError::NotAKey)?;
+    KNOWN_KEYS.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.len() >= KNOWN_KEYS_MAX {
+            k.clear();
+        }
+        k.insert(*bytes);
+    });
+    Ok(())
 }
 
 macro_rules! key_id {
@@ -107,7 +134,7 @@ macro_rules! key_id {
 
             /// Wraps raw public-key bytes, checking they are a valid Ed25519 point.
             pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, IdError> {
-                VerifyingKey::from_bytes(&bytes).map_err(|_| IdError::NotAKey)?;
+                check_key(&bytes)?;
                 Ok(Self(bytes))
             }
 
@@ -364,6 +391,22 @@ mod tests {
         assert_eq!(crate::frame::from_bytes::<Signature>(&bin).unwrap(), sig);
         let json = serde_json::to_string(&sig).unwrap();
         assert_eq!(serde_json::from_str::<Signature>(&json).unwrap(), sig);
+    }
+
+    #[test]
+    fn the_known_keys_cache_never_admits_an_invalid_key() {
+        let mut invalid = 0;
+        for b in 0..=255u8 {
+            let bytes = [b; 32];
+            let valid = VerifyingKey::from_bytes(&bytes).is_ok();
+            invalid += usize::from(!valid);
+            for _ in 0..2 {
+                assert_eq!(AgentId::from_bytes(bytes).is_ok(), valid, "byte {b}");
+                let text = encode(KeyKind::Node, &bytes);
+                assert_eq!(text.parse::<NodeId>().is_ok(), valid, "byte {b}");
+            }
+        }
+        assert!(invalid > 0, "the test needs some invalid points");
     }
 
     proptest! {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod frame;
 pub mod id;
 pub mod json;
+pub mod json_text;
 pub mod keyfile;
 pub mod manifest;
 pub mod peer;

@@ -1,8 +1,10 @@
 //! Reading and writing `proto::peer` frames on QUIC streams: a buffered frame reader
-//! for a receive stream, and a writer task per send stream so a slow stream never
-//! holds up the others.
+//! for a receive stream, and the sending side of a task stream, which writes frames
+//! into the stream's send buffer at once and hands the stream to a writer task only
+//! when that buffer is full, so a slow stream never holds up the others.
 
 use agentmesh_proto::frame::{self, FrameError};
+use futures_util::FutureExt as _;
 use quinn::{ReadError, RecvStream, SendStream, VarInt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -88,8 +90,89 @@ pub(super) fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     frame::encode(msg, MAX_PEER_FRAME)
 }
 
+/// The sending side of one task stream.
+#[derive(Debug)]
+pub(super) enum StreamTx {
+    /// Nothing waits: frames are written at once.
+    Ready(SendStream),
+    /// A writer task owns the stream (its send buffer filled up once); frames queue.
+    Queued(mpsc::UnboundedSender<WriteCmd>),
+}
+
+/// How much of `bytes` a stream takes now, without waiting; `None` when it failed.
+fn write_now(send: &mut SendStream, bytes: &[u8]) -> Option<usize> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match send.write(&bytes[done..]).now_or_never() {
+            Some(Ok(n)) => done += n,
+            Some(Err(_)) => return None,
+            None => break,
+        }
+    }
+    Some(done)
+}
+
+impl StreamTx {
+    /// A stream nothing was written to yet.
+    pub(super) fn new(send: SendStream) -> Self {
+        StreamTx::Ready(send)
+    }
+
+    /// Writes one encoded frame; `false` when the stream failed (drop it).
+    pub(super) fn write(&mut self, bytes: Vec<u8>) -> bool {
+        let send = match self {
+            StreamTx::Queued(tx) => return tx.send(WriteCmd::Frame(bytes)).is_ok(),
+            StreamTx::Ready(send) => send,
+        };
+        let n = match write_now(send, &bytes) {
+            None => return false,
+            Some(n) if n == bytes.len() => return true,
+            Some(n) => n,
+        };
+        // The send buffer is full: a writer task takes the stream and the rest.
+        let (closed, _) = mpsc::unbounded_channel();
+        let StreamTx::Ready(send) = std::mem::replace(self, StreamTx::Queued(closed)) else {
+            return false;
+        };
+        let tx = spawn_writer(send);
+        let ok = tx.send(WriteCmd::Frame(bytes[n..].to_vec())).is_ok();
+        *self = StreamTx::Queued(tx);
+        ok
+    }
+
+    /// Writes the last frame of the stream, then finishes it.
+    pub(super) fn write_last(self, bytes: Vec<u8>) {
+        match self {
+            StreamTx::Queued(tx) => {
+                let _ = tx.send(WriteCmd::Last(bytes));
+            }
+            StreamTx::Ready(mut send) => match write_now(&mut send, &bytes) {
+                None => {}
+                Some(n) if n == bytes.len() => {
+                    let _ = send.finish();
+                }
+                Some(n) => {
+                    let _ = spawn_writer(send).send(WriteCmd::Last(bytes[n..].to_vec()));
+                }
+            },
+        }
+    }
+
+    /// Resets the stream with `code`.
+    pub(super) fn reset(self, code: u32) {
+        match self {
+            StreamTx::Queued(tx) => {
+                let _ = tx.send(WriteCmd::Reset(code));
+            }
+            StreamTx::Ready(mut send) => {
+                let _ = send.reset(VarInt::from_u32(code));
+            }
+        }
+    }
+}
+
 /// Spawns the writer task of one send stream; frames queue in the returned sender.
-pub(super) fn spawn_writer(mut send: SendStream) -> mpsc::UnboundedSender<WriteCmd> {
+fn spawn_writer(mut send: SendStream) -> mpsc::UnboundedSender<WriteCmd> {
     let (tx, mut rx) = mpsc::unbounded_channel::<WriteCmd>();
     tokio::spawn(async move {
         while let Some(cmd) = rx.recv().await {
@@ -114,4 +197,114 @@ pub(super) fn spawn_writer(mut send: SendStream) -> mpsc::UnboundedSender<WriteC
         let _ = send.finish();
     });
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use agentmesh_proto::SecretKey;
+    use agentmesh_tlsid::{ClientAuth, ServerPin, ALPN_PEER, SERVER_NAME};
+    use quinn::Endpoint;
+
+    use super::*;
+
+    /// Transport settings that make a sender's buffer fill after 16 KiB.
+    fn small_windows() -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.send_window(16 * 1024);
+        t.stream_receive_window(quinn::VarInt::from_u32(16 * 1024));
+        Arc::new(t)
+    }
+
+    #[tokio::test]
+    async fn a_full_send_buffer_hands_the_stream_to_a_writer_in_order() {
+        agentmesh_tlsid::install_default_provider();
+        let (a, b) = (
+            SecretKey::from_bytes(&[41; 32]),
+            SecretKey::from_bytes(&[42; 32]),
+        );
+        let mut server_cfg =
+            agentmesh_tlsid::quinn_server_config(&a, ClientAuth::RequireNodeCert, &[ALPN_PEER])
+                .unwrap();
+        server_cfg.transport_config(small_windows());
+        let server = Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (_send, mut recv) = conn.accept_bi().await.unwrap();
+            recv.read_to_end(1 << 20).await.unwrap()
+        });
+        let mut client_cfg = agentmesh_tlsid::quinn_client_config(
+            Some(&b),
+            ServerPin::Node(a.node_id()),
+            &[ALPN_PEER],
+        )
+        .unwrap();
+        client_cfg.transport_config(small_windows());
+        let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = client
+            .connect_with(client_cfg, addr, SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, _recv) = conn.open_bi().await.unwrap();
+        let frames: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 50_000]).collect();
+        let mut tx = StreamTx::new(send);
+        for f in &frames[..3] {
+            assert!(tx.write(f.clone()));
+        }
+        assert!(
+            matches!(tx, StreamTx::Queued(_)),
+            "a 16 KiB send buffer cannot take 150 kB at once"
+        );
+        tx.write_last(frames[3].clone());
+        let got = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the stream ends")
+            .unwrap();
+        assert_eq!(got, frames.concat(), "every frame, in order, then the end");
+    }
+
+    #[tokio::test]
+    async fn frames_that_fit_are_written_without_a_writer_task() {
+        agentmesh_tlsid::install_default_provider();
+        let (a, b) = (
+            SecretKey::from_bytes(&[43; 32]),
+            SecretKey::from_bytes(&[44; 32]),
+        );
+        let server_cfg =
+            agentmesh_tlsid::quinn_server_config(&a, ClientAuth::RequireNodeCert, &[ALPN_PEER])
+                .unwrap();
+        let server = Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let (_send, mut recv) = conn.accept_bi().await.unwrap();
+            recv.read_to_end(1 << 20).await.unwrap()
+        });
+        let client_cfg = agentmesh_tlsid::quinn_client_config(
+            Some(&b),
+            ServerPin::Node(a.node_id()),
+            &[ALPN_PEER],
+        )
+        .unwrap();
+        let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = client
+            .connect_with(client_cfg, addr, SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, _recv) = conn.open_bi().await.unwrap();
+        let mut tx = StreamTx::new(send);
+        assert!(tx.write(b"first".to_vec()));
+        assert!(matches!(tx, StreamTx::Ready(_)));
+        tx.write_last(b"last".to_vec());
+        let got = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the stream ends")
+            .unwrap();
+        assert_eq!(got, b"firstlast");
+    }
 }

@@ -6,14 +6,19 @@
 //! the request, later `continue`s follow on it; the responder's daemon answers on it
 //! and finishes it with the final state. A cancel resets it with `STREAM_CANCELED`.
 //! Events ride one-way streams. An empty bidirectional stream is a ping, answered by
-//! finishing the other direction. Messages for one node pass through one worker, in the
-//! order the router produced them; each stream has its own writer task.
+//! finishing the other direction. Messages for one node keep the order the router
+//! produced them in: while the node has a live connection and nothing is queued for it,
+//! a message is written at once by the caller (a frame goes into the stream's send
+//! buffer, no task hop); otherwise it queues for the node's worker, which dials first.
+//! A stream whose send buffer is full gets a writer task, so a slow stream never holds
+//! up the others.
 
 mod frames;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,10 +27,12 @@ use agentmesh_proto::peer::{
 };
 use agentmesh_proto::{ErrorCode, ErrorObject, NodeId, SecretKey};
 use agentmesh_tlsid::{ServerPin, ALPN_PEER, SERVER_NAME};
+use futures_util::FutureExt as _;
 use quinn::{Connection, Endpoint, VarInt};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
+use frames::StreamTx;
 pub use frames::{FrameReader, StreamError, WriteCmd, MAX_PEER_FRAME};
 
 use super::routes::{Path, Routes};
@@ -81,6 +88,13 @@ pub struct SessionInfo {
 
 type StreamKey = (NodeId, String);
 
+/// The worker of one node: its queue, and how many messages are queued or being
+/// dispatched (while any are, later messages must queue behind them).
+struct Worker {
+    tx: mpsc::UnboundedSender<PeerMsg>,
+    pending: Arc<AtomicUsize>,
+}
+
 /// The daemon's peer sessions.
 pub struct Sessions {
     endpoint: Endpoint,
@@ -89,8 +103,8 @@ pub struct Sessions {
     router: RouterHandle,
     paths: Arc<dyn PathSetup>,
     conns: Mutex<HashMap<NodeId, Connection>>,
-    workers: Mutex<HashMap<NodeId, mpsc::UnboundedSender<PeerMsg>>>,
-    streams: Mutex<HashMap<StreamKey, mpsc::UnboundedSender<WriteCmd>>>,
+    workers: Mutex<HashMap<NodeId, Worker>>,
+    streams: Mutex<HashMap<StreamKey, StreamTx>>,
     /// Nodes the relay or the rendezvous says are absent (see [`Sessions::peer_absent`]).
     gone: broadcast::Sender<NodeId>,
     /// When each node was last said to be absent (kept for [`ABSENT_MEMORY`]).
@@ -149,15 +163,29 @@ impl Sessions {
         self.gone.clone()
     }
 
-    /// Hands a router message for `node` to that node's worker.
+    /// Sends a router message to `node`: at once when the node has a live connection
+    /// and nothing queued, else through that node's worker (which dials first).
     pub fn send(self: &Arc<Self>, node: NodeId, msg: PeerMsg) {
         let mut workers = lock(&self.workers);
-        let tx = workers.entry(node).or_insert_with(|| {
+        let idle = workers
+            .get(&node)
+            .is_none_or(|w| w.pending.load(Ordering::Acquire) == 0);
+        let msg = match self.connection(&node) {
+            // Holding `workers` keeps a queued message from overtaking this one.
+            Some(conn) if idle => match self.dispatch_now(node, &conn, msg) {
+                None => return,
+                Some(msg) => msg,
+            },
+            _ => msg,
+        };
+        let w = workers.entry(node).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(self.clone().worker(node, rx));
-            tx
+            let pending = Arc::new(AtomicUsize::new(0));
+            tokio::spawn(self.clone().worker(node, rx, pending.clone()));
+            Worker { tx, pending }
         });
-        if tx.send(msg).is_err() {
+        w.pending.fetch_add(1, Ordering::AcqRel);
+        if w.tx.send(msg).is_err() {
             workers.remove(&node);
         }
     }
@@ -211,17 +239,25 @@ impl Sessions {
         }
     }
 
-    async fn worker(self: Arc<Self>, node: NodeId, mut rx: mpsc::UnboundedReceiver<PeerMsg>) {
+    async fn worker(
+        self: Arc<Self>,
+        node: NodeId,
+        mut rx: mpsc::UnboundedReceiver<PeerMsg>,
+        pending: Arc<AtomicUsize>,
+    ) {
         while let Some(msg) = rx.recv().await {
             match self.connect(node).await {
                 Ok(conn) => self.dispatch(node, &conn, msg).await,
                 Err(error) => {
                     warn!(peer = %node.short(), error = %error.message, "cannot reach peer");
-                    while rx.try_recv().is_ok() {} // doomed like this one
+                    while rx.try_recv().is_ok() {
+                        pending.fetch_sub(1, Ordering::AcqRel); // doomed like this one
+                    }
                     self.router
                         .apply(|r, now| r.peer_unreachable(now, node, error.clone()));
                 }
             }
+            pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -339,12 +375,39 @@ impl Sessions {
         }
     }
 
+    /// Dispatches `msg` on `conn`, waiting for stream credit when a new task stream
+    /// cannot be opened at once.
     async fn dispatch(self: &Arc<Self>, node: NodeId, conn: &Connection, msg: PeerMsg) {
+        let Some(msg) = self.dispatch_now(node, conn, msg) else {
+            return;
+        };
+        let (PeerMsg::Requester(open @ RequesterFrame::Open(_)), Some(task)) =
+            (&msg, msg.task_id())
+        else {
+            return warn!(?msg, "only opening a stream waits");
+        };
+        match conn.open_bi().await {
+            Ok((send, recv)) => self.start_task(node, task.to_string(), open, send, recv),
+            Err(e) => self.open_failed(node, e),
+        }
+    }
+
+    /// Dispatches `msg` on `conn` without waiting; gives it back when it opens a task
+    /// and the connection has no stream credit left (the caller waits for some).
+    fn dispatch_now(
+        self: &Arc<Self>,
+        node: NodeId,
+        conn: &Connection,
+        msg: PeerMsg,
+    ) -> Option<PeerMsg> {
         let task = msg.task_id().map(str::to_string);
         match (msg, task) {
-            (PeerMsg::Requester(RequesterFrame::Open(env)), Some(task)) => {
-                self.open_task(node, conn, task, RequesterFrame::Open(env))
-                    .await;
+            (PeerMsg::Requester(open @ RequesterFrame::Open(_)), Some(task)) => {
+                match conn.open_bi().now_or_never() {
+                    Some(Ok((send, recv))) => self.start_task(node, task, &open, send, recv),
+                    Some(Err(e)) => self.open_failed(node, e),
+                    None => return Some(PeerMsg::Requester(open)),
+                }
             }
             (PeerMsg::Requester(frame), Some(task)) => self.write(node, &task, &frame, false),
             (PeerMsg::Responder(frame @ ResponderFrame::Final(_)), Some(task)) => {
@@ -353,7 +416,7 @@ impl Sessions {
             (PeerMsg::Responder(frame), Some(task)) => self.write(node, &task, &frame, false),
             (PeerMsg::Cancel { .. }, Some(task)) => {
                 if let Some(w) = lock(&self.streams).remove(&(node, task)) {
-                    let _ = w.send(WriteCmd::Reset(STREAM_CANCELED));
+                    w.reset(STREAM_CANCELED);
                 }
             }
             (PeerMsg::Event(frame), _) => {
@@ -366,27 +429,27 @@ impl Sessions {
             }
             (msg, None) => warn!(?msg, "peer message without a task id dropped"),
         }
+        None
     }
 
-    async fn open_task(
+    fn open_failed(&self, node: NodeId, e: quinn::ConnectionError) {
+        let error = unreachable(node, e);
+        self.router
+            .apply(|r, now| r.peer_unreachable(now, node, error));
+    }
+
+    /// Requester side: a task's stream is open; its first frame goes out and its
+    /// responses are read.
+    fn start_task(
         self: &Arc<Self>,
         node: NodeId,
-        conn: &Connection,
         task: String,
-        open: RequesterFrame,
+        open: &RequesterFrame,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
     ) {
-        let (send, recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(e) => {
-                let error = unreachable(node, e);
-                return self
-                    .router
-                    .apply(|r, now| r.peer_unreachable(now, node, error));
-            }
-        };
-        let writer = frames::spawn_writer(send);
-        lock(&self.streams).insert((node, task.clone()), writer);
-        self.write(node, &task, &open, false);
+        lock(&self.streams).insert((node, task.clone()), StreamTx::new(send));
+        self.write(node, &task, open, false);
         tokio::spawn(
             self.clone()
                 .read_responses(node, task, FrameReader::new(recv)),
@@ -400,19 +463,18 @@ impl Sessions {
         };
         let key = (node, task.to_string());
         let mut streams = lock(&self.streams);
-        let writer = if last {
-            streams.remove(&key)
-        } else {
-            streams.get(&key).cloned()
-        };
-        match writer {
+        if last {
+            match streams.remove(&key) {
+                Some(w) => w.write_last(bytes),
+                None => debug!(task, "no stream for this task any more; frame dropped"),
+            }
+            return;
+        }
+        match streams.get_mut(&key) {
             Some(w) => {
-                let cmd = if last {
-                    WriteCmd::Last(bytes)
-                } else {
-                    WriteCmd::Frame(bytes)
-                };
-                let _ = w.send(cmd);
+                if !w.write(bytes) {
+                    streams.remove(&key);
+                }
             }
             None => debug!(task, "no stream for this task any more; frame dropped"),
         }
@@ -459,7 +521,7 @@ impl Sessions {
         let Some(task) = open.task_id.clone() else {
             return debug!("request without a task id");
         };
-        lock(&self.streams).insert((node, task.clone()), frames::spawn_writer(send));
+        lock(&self.streams).insert((node, task.clone()), StreamTx::new(send));
         let msg = PeerMsg::Requester(RequesterFrame::Open(open));
         self.router.apply(|r, now| r.handle_peer(now, node, msg));
         loop {
