@@ -92,16 +92,46 @@ pub(super) fn payload<T: DeserializeOwned>(
     e: &Envelope,
     kind: PrimitiveType,
 ) -> Result<T, ErrorObject> {
-    let invalid = |msg: String| ErrorObject::new(ErrorCode::InvalidEnvelope, msg);
-    if e.kind != kind {
-        return Err(invalid(format!(
-            "envelope {} has type {:?}, expected {kind:?}",
-            e.id, e.kind
-        )));
-    }
     let Some(Json(value)) = &e.payload else {
-        return Err(invalid(format!("envelope {} has no payload", e.id)));
+        return Err(no_payload(e, kind));
     };
-    serde_json::from_value(value.clone())
-        .map_err(|err| invalid(format!("envelope {} payload: {err}", e.id)))
+    check_kind(e, kind)?;
+    T::deserialize(value).map_err(|err| bad_payload(e, &err))
+}
+
+/// Like [`payload`], but moves the payload out of `e` instead of copying it (a large
+/// input is then never duplicated).
+pub(super) fn take_payload<T: DeserializeOwned>(
+    e: &mut Envelope,
+    kind: PrimitiveType,
+) -> Result<T, ErrorObject> {
+    check_kind(e, kind)?;
+    let Some(Json(value)) = e.payload.take() else {
+        return Err(no_payload(e, kind));
+    };
+    serde_json::from_value(value).map_err(|err| bad_payload(e, &err))
+}
+
+fn check_kind(e: &Envelope, kind: PrimitiveType) -> Result<(), ErrorObject> {
+    if e.kind == kind {
+        return Ok(());
+    }
+    Err(ErrorObject::new(
+        ErrorCode::InvalidEnvelope,
+        format!("envelope {} has type {:?}, expected {kind:?}", e.id, e.kind),
+    ))
+}
+
+fn no_payload(e: &Envelope, _kind: PrimitiveType) -> ErrorObject {
+    ErrorObject::new(
+        ErrorCode::InvalidEnvelope,
+        format!("envelope {} has no payload", e.id),
+    )
+}
+
+fn bad_payload(e: &Envelope, err: &serde_json::Error) -> ErrorObject {
+    ErrorObject::new(
+        ErrorCode::InvalidEnvelope,
+        format!("envelope {} payload: {err}", e.id),
+    )
 }

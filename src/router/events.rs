@@ -70,11 +70,11 @@ impl Router {
 
     /// An event published on daemon `from`: to local subscribers only, once per
     /// envelope id.
-    pub(super) fn peer_event(&mut self, from: NodeId, e: Envelope) {
+    pub(super) fn peer_event(&mut self, from: NodeId, mut e: Envelope) {
         if from == self.node_id || !self.mesh.events_seen.first_time(&e.id) {
             return;
         }
-        match envelopes::payload::<EventPayload>(&e, PrimitiveType::Emit) {
+        match envelopes::take_payload::<EventPayload>(&mut e, PrimitiveType::Emit) {
             Ok(p) => {
                 self.deliver_locally(&p.topic, &p.data, e.from, Some(from));
             }

@@ -321,7 +321,7 @@ impl Router {
     pub(super) fn start_remote(
         &mut self,
         now: Now,
-        job: RequestJob,
+        mut job: RequestJob,
         responder: AgentId,
         node: NodeId,
     ) -> Result<Option<Value>, ErrorObject> {
@@ -347,7 +347,7 @@ impl Router {
             now,
             &addr,
             &job.args.skill,
-            job.args.input.clone(),
+            std::mem::take(&mut job.args.input),
             Some(config),
         );
         self.track_request(&task_id, job, responder, Endpoint::Remote(node));

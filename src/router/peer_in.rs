@@ -56,7 +56,7 @@ impl Router {
         std::mem::take(&mut self.out)
     }
 
-    fn peer_open(&mut self, now: Now, from: NodeId, e: Envelope) {
+    fn peer_open(&mut self, now: Now, from: NodeId, mut e: Envelope) {
         let Some(task_id) = e.task_id.clone() else {
             debug!(envelope = %e.id, "open without task_id dropped");
             return;
@@ -80,7 +80,7 @@ impl Router {
             debug!(task = %task_id, "duplicate open ignored");
             return;
         }
-        if let Err(err) = self.open_task(now, from, &e, &task_id) {
+        if let Err(err) = self.open_task(now, from, &mut e, &task_id) {
             self.answer_failed(now, from, &e, &task_id, err);
         }
     }
@@ -109,10 +109,10 @@ impl Router {
         &mut self,
         now: Now,
         from: NodeId,
-        e: &Envelope,
+        e: &mut Envelope,
         task_id: &str,
     ) -> Result<(), ErrorObject> {
-        let p: RequestPayload = envelopes::payload(e, PrimitiveType::Request)?;
+        let p: RequestPayload = envelopes::take_payload(e, PrimitiveType::Request)?;
         let Some(to) = e.to else {
             return Err(ErrorObject::new(
                 ErrorCode::InvalidEnvelope,
@@ -134,12 +134,12 @@ impl Router {
             from: e.from,
             to,
             skill: &p.skill,
-            input: &p.input,
+            input: p.input,
             stream: config.stream.unwrap_or(false),
             context_id: e.context_id.as_deref(),
             from_node: Some(from),
         }
-        .to_json();
+        .into_json();
         self.tasks.insert(Task {
             id: task_id.to_string(),
             requester: e.from,
@@ -215,11 +215,11 @@ impl Router {
         }
     }
 
-    fn peer_update(&mut self, now: Now, from: NodeId, e: Envelope) {
+    fn peer_update(&mut self, now: Now, from: NodeId, mut e: Envelope) {
         let Some(task_id) = e.task_id.clone() else {
             return;
         };
-        let p: RespondPayload = match envelopes::payload(&e, PrimitiveType::Respond) {
+        let p: RespondPayload = match envelopes::take_payload(&mut e, PrimitiveType::Respond) {
             Ok(p) => p,
             Err(err) => {
                 debug!(task = %task_id, error = %err.message, "bad update dropped");
@@ -266,11 +266,11 @@ impl Router {
         self.tell_requester_chunk(&s, seq, chunk, last);
     }
 
-    fn peer_final(&mut self, now: Now, from: NodeId, e: Envelope) {
+    fn peer_final(&mut self, now: Now, from: NodeId, mut e: Envelope) {
         let Some(task_id) = e.task_id.clone() else {
             return;
         };
-        let p: RespondPayload = match envelopes::payload(&e, PrimitiveType::Respond) {
+        let p: RespondPayload = match envelopes::take_payload(&mut e, PrimitiveType::Respond) {
             Ok(p) => p,
             Err(err) => {
                 debug!(task = %task_id, error = %err.message, "bad final dropped");

@@ -37,7 +37,7 @@ pub(super) struct RequestPush<'a> {
     pub(super) from: AgentId,
     pub(super) to: AgentId,
     pub(super) skill: &'a str,
-    pub(super) input: &'a Json,
+    pub(super) input: Json,
     pub(super) stream: bool,
     pub(super) context_id: Option<&'a str>,
     /// The requester's daemon, when it is not this one.
@@ -45,14 +45,14 @@ pub(super) struct RequestPush<'a> {
 }
 
 impl RequestPush<'_> {
-    pub(super) fn to_json(&self) -> Value {
+    pub(super) fn into_json(self) -> Value {
         let mut push = Map::new();
         push.insert("event".into(), json!("request"));
         push.insert("task_id".into(), json!(self.task_id));
         push.insert("from".into(), json!(self.from));
         push.insert("to".into(), json!(self.to));
         push.insert("skill".into(), json!(self.skill));
-        push.insert("input".into(), json!(self.input));
+        push.insert("input".into(), self.input.0);
         push.insert("stream".into(), json!(self.stream));
         if let Some(ctx) = self.context_id {
             push.insert("context_id".into(), json!(ctx));
@@ -113,7 +113,7 @@ impl Router {
     pub(super) fn start_local(
         &mut self,
         now: Now,
-        job: RequestJob,
+        mut job: RequestJob,
         responder: AgentId,
     ) -> Result<Option<Value>, ErrorObject> {
         let responder_conn = match self.agents.get_mut(&responder) {
@@ -129,12 +129,13 @@ impl Router {
             from: job.args.from,
             to: responder,
             skill: &job.args.skill,
-            input: &job.args.input,
+            // The task keeps no copy of the input: it moves into the push.
+            input: std::mem::take(&mut job.args.input),
             stream: job.args.stream,
             context_id: job.args.context_id.as_deref(),
             from_node: None,
         }
-        .to_json();
+        .into_json();
         self.track_request(&task_id, job, responder, Endpoint::Local(responder_conn));
         self.send(responder_conn, push);
         Ok(None)
