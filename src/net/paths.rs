@@ -29,6 +29,11 @@ pub const DIRECT_WAIT: Duration = Duration::from_secs(8);
 /// turns fast within this long once traffic resumes).
 const TRAFFIC_CHECK: Duration = Duration::from_secs(1);
 
+/// QUIC packets from a peer within one [`TRAFFIC_CHECK`] window that are not yet traffic:
+/// QUIC's own keep-alive (a PING every 15 s and the ACK of ours) must not keep an idle
+/// path on the fast keepalive.
+const KEEPALIVE_PACKETS: u64 = 2;
+
 /// Least time between two introductions asked for the same peer.
 const INTRO_SPACING: Duration = Duration::from_secs(3);
 
@@ -65,8 +70,11 @@ pub struct PeerPathInfo {
 struct Entry {
     path: PeerPath,
     info: PeerPathInfo,
-    /// The peer's QUIC packet count when last looked at (more: the path is active).
+    /// The peer's QUIC packet count at the start of the current window (more than
+    /// [`KEEPALIVE_PACKETS`] within the window: the path is active).
     traffic_seen: u64,
+    /// When the count of `traffic_seen` starts a new window.
+    traffic_window: Instant,
     last_intro_asked: Option<Instant>,
     waiters: Vec<oneshot::Sender<()>>,
 }
@@ -160,6 +168,7 @@ impl Paths {
                 path,
                 info,
                 traffic_seen: 0,
+                traffic_window: now(),
                 last_intro_asked: None,
                 waiters: Vec::new(),
             },
@@ -262,9 +271,13 @@ impl Paths {
         let mut intros = Vec::new();
         for (node, e) in table.peers.iter_mut() {
             let traffic = self.routes.traffic(node);
-            if traffic != e.traffic_seen {
+            if traffic.saturating_sub(e.traffic_seen) > KEEPALIVE_PACKETS {
                 e.traffic_seen = traffic;
+                e.traffic_window = t + TRAFFIC_CHECK;
                 e.path.note_traffic(t);
+            } else if t >= e.traffic_window {
+                e.traffic_seen = traffic;
+                e.traffic_window = t + TRAFFIC_CHECK;
             }
             if e.path.poll_timeout().is_some_and(|at| at <= t) {
                 e.path.handle_timeout(t);
