@@ -93,7 +93,7 @@ pub(super) fn payload<T: DeserializeOwned>(
     kind: PrimitiveType,
 ) -> Result<T, ErrorObject> {
     let Some(Json(value)) = &e.payload else {
-        return Err(no_payload(e, kind));
+        return Err(no_payload(e));
     };
     check_kind(e, kind)?;
     T::deserialize(value).map_err(|err| bad_payload(e, &err))
@@ -107,7 +107,7 @@ pub(super) fn take_payload<T: DeserializeOwned>(
 ) -> Result<T, ErrorObject> {
     check_kind(e, kind)?;
     let Some(Json(value)) = e.payload.take() else {
-        return Err(no_payload(e, kind));
+        return Err(no_payload(e));
     };
     serde_json::from_value(value).map_err(|err| bad_payload(e, &err))
 }
@@ -122,7 +122,7 @@ fn check_kind(e: &Envelope, kind: PrimitiveType) -> Result<(), ErrorObject> {
     ))
 }
 
-fn no_payload(e: &Envelope, _kind: PrimitiveType) -> ErrorObject {
+fn no_payload(e: &Envelope) -> ErrorObject {
     ErrorObject::new(
         ErrorCode::InvalidEnvelope,
         format!("envelope {} has no payload", e.id),

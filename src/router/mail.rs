@@ -199,19 +199,18 @@ impl Router {
     /// The responder's daemon `from` has the agent of parked task `task_id`: its `Open`
     /// goes out again. Unknown, finished or foreign tasks are ignored.
     pub(super) fn peer_mail_ready(&mut self, from: NodeId, task_id: &str) {
-        match self.mesh.parked.get(task_id) {
-            Some((node, _)) if *node == from => {}
-            _ => {
-                debug!(task = %task_id, "mail-ready for no parked task ignored");
-                return;
-            }
+        if !self
+            .mesh
+            .parked
+            .get(task_id)
+            .is_some_and(|(n, _)| *n == from)
+        {
+            debug!(task = %task_id, "mail-ready for no parked task ignored");
+            return;
         }
         let Some((node, open)) = self.mesh.parked.remove(task_id) else {
             return;
         };
-        if !matches!(self.tasks.lookup(task_id), Lookup::Live(_)) {
-            return;
-        }
         debug!(task = %task_id, peer = %node.short(), "stored request's agent is back: sending it");
         self.peer(node, PeerMsg::Requester(RequesterFrame::Open(open)));
     }

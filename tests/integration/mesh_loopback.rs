@@ -124,6 +124,36 @@ pub(crate) fn run_daemon(config: &DaemonConfig) -> Running1 {
     }
 }
 
+/// A rendezvous and a relay, and daemons `a` and `b` running with them, on loopback.
+pub(crate) struct TwoDaemons {
+    pub(crate) s: Services,
+    pub(crate) ca: DaemonConfig,
+    pub(crate) cb: DaemonConfig,
+    pub(crate) a: Running1,
+    pub(crate) b: Running1,
+}
+
+/// Starts [`TwoDaemons`] with their state in `dir`.
+pub(crate) async fn two_daemons(dir: &Path) -> TwoDaemons {
+    let s = start_services(dir).await;
+    let (ca, cb) = (daemon_config(dir, "a", &s), daemon_config(dir, "b", &s));
+    let (a, b) = (run_daemon(&ca), run_daemon(&cb));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    TwoDaemons { s, ca, cb, a, b }
+}
+
+/// Connects to `socket` and registers an agent named `name`; returns the client and the
+/// agent's id.
+pub(crate) async fn caller(socket: &Path, name: &str) -> (Client, Value) {
+    let mut c = Client::connect(socket).await.unwrap();
+    let me = c
+        .call("register", json!({"manifest": {"name": name}}))
+        .await
+        .unwrap()["agent_id"]
+        .clone();
+    (c, me)
+}
+
 /// One `GET /metrics` from a daemon's admin listener.
 pub(crate) async fn scrape(admin: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -184,14 +214,7 @@ pub(crate) async fn request(c: &mut Client, args: Value) -> (Value, Vec<Value>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_on_two_daemons_work_together_and_the_path_goes_direct() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start_services(dir.path()).await;
-    let (ca, cb) = (
-        daemon_config(dir.path(), "a", &s),
-        daemon_config(dir.path(), "b", &s),
-    );
-    let _a = run_daemon(&ca);
-    let _b = run_daemon(&cb);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let TwoDaemons { s, ca, cb, a, b } = two_daemons(dir.path()).await;
     spawn_agent(
         &cb.socket,
         "echo-b",
@@ -201,12 +224,7 @@ async fn agents_on_two_daemons_work_together_and_the_path_goes_direct() {
     )
     .await
     .unwrap();
-    let mut caller = Client::connect(&ca.socket).await.unwrap();
-    let me = caller
-        .call("register", json!({"manifest": {"name": "caller"}}))
-        .await
-        .unwrap()["agent_id"]
-        .clone();
+    let (mut caller, me) = caller(&ca.socket, "caller").await;
 
     let found = discover_until(&mut caller, "echo", 1).await;
     let agent = &found["agents"][0];
@@ -315,7 +333,7 @@ async fn agents_on_two_daemons_work_together_and_the_path_goes_direct() {
 
     // The metrics page counts the same: a session, a LAN punch, a direct peer, the
     // requests; on B the requests arrived from a peer.
-    let page = scrape(_a.admin.expect("admin listener")).await;
+    let page = scrape(a.admin.expect("admin listener")).await;
     let at_least = |name: &str, min: f64| {
         let v = sample(&page, name).unwrap_or_else(|| panic!("no {name}:\n{page}"));
         assert!(v >= min, "{name} = {v} < {min}:\n{page}");
@@ -341,7 +359,7 @@ async fn agents_on_two_daemons_work_together_and_the_path_goes_direct() {
         .filter(|l| !l.starts_with('#') && wanted.iter().any(|w| l.starts_with(w)))
         .collect();
     eprintln!("metrics of A: {shown:?}");
-    let page_b = scrape(_b.admin.expect("admin listener")).await;
+    let page_b = scrape(b.admin.expect("admin listener")).await;
     let served = sample(&page_b, "agentmesh_requests_total").unwrap_or(0.0);
     assert!(served >= 101.0, "B served {served}:\n{page_b}");
 

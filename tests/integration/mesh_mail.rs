@@ -10,7 +10,7 @@ use agentmesh::cli::Client;
 use serde_json::{json, Value};
 
 use crate::mesh_loopback::{
-    daemon_config, discover_until, run_daemon, sample, scrape, start_services,
+    caller, discover_until, run_daemon, sample, scrape, two_daemons, TwoDaemons,
 };
 
 /// Registers `echo` (a kept key, so the id survives a restart) and answers its requests.
@@ -57,21 +57,15 @@ async fn a_request_for_an_agent_whose_daemon_is_down_is_answered_after_it_return
             .try_init();
     }
     let dir = tempfile::tempdir().unwrap();
-    let s = start_services(dir.path()).await;
-    let (ca, cb) = (
-        daemon_config(dir.path(), "a", &s),
-        daemon_config(dir.path(), "b", &s),
-    );
-    let a = run_daemon(&ca);
-    let b = run_daemon(&cb);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let TwoDaemons {
+        s: _services,
+        ca,
+        cb,
+        a,
+        b,
+    } = two_daemons(dir.path()).await;
     let echo = echo_agent(&cb.socket).await;
-    let mut caller = Client::connect(&ca.socket).await.unwrap();
-    let me = caller
-        .call("register", json!({"manifest": {"name": "caller"}}))
-        .await
-        .unwrap()["agent_id"]
-        .clone();
+    let (mut caller, me) = caller(&ca.socket, "caller").await;
     discover_until(&mut caller, "echo", 1).await;
     let warm = caller
         .call(
