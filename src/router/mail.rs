@@ -199,11 +199,11 @@ impl Router {
     /// The responder's daemon `from` has the agent of parked task `task_id`: its `Open`
     /// goes out again. Unknown, finished or foreign tasks are ignored.
     pub(super) fn peer_mail_ready(&mut self, from: NodeId, task_id: &str) {
-        if !self
+        if self
             .mesh
             .parked
             .get(task_id)
-            .is_some_and(|(n, _)| *n == from)
+            .is_none_or(|(n, _)| *n != from)
         {
             debug!(task = %task_id, "mail-ready for no parked task ignored");
             return;
