@@ -218,17 +218,35 @@ mod tests {
         Arc::new(t)
     }
 
-    #[tokio::test]
-    async fn a_full_send_buffer_hands_the_stream_to_a_writer_in_order() {
+    /// A bidirectional stream from a client to a server on loopback, with `transport`
+    /// on both ends; the server reads the stream to its end in the returned task. Keep
+    /// the returned connection alive while the stream is used.
+    async fn stream_to_reader(
+        seed: u8,
+        transport: Option<Arc<quinn::TransportConfig>>,
+    ) -> (
+        quinn::Connection,
+        quinn::SendStream,
+        tokio::task::JoinHandle<Vec<u8>>,
+    ) {
         agentmesh_tlsid::install_default_provider();
         let (a, b) = (
-            SecretKey::from_bytes(&[41; 32]),
-            SecretKey::from_bytes(&[42; 32]),
+            SecretKey::from_bytes(&[seed; 32]),
+            SecretKey::from_bytes(&[seed + 1; 32]),
         );
         let mut server_cfg =
             agentmesh_tlsid::quinn_server_config(&a, ClientAuth::RequireNodeCert, &[ALPN_PEER])
                 .unwrap();
-        server_cfg.transport_config(small_windows());
+        let mut client_cfg = agentmesh_tlsid::quinn_client_config(
+            Some(&b),
+            ServerPin::Node(a.node_id()),
+            &[ALPN_PEER],
+        )
+        .unwrap();
+        if let Some(t) = transport {
+            server_cfg.transport_config(t.clone());
+            client_cfg.transport_config(t);
+        }
         let server = Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = server.local_addr().unwrap();
         let reader = tokio::spawn(async move {
@@ -236,13 +254,6 @@ mod tests {
             let (_send, mut recv) = conn.accept_bi().await.unwrap();
             recv.read_to_end(1 << 20).await.unwrap()
         });
-        let mut client_cfg = agentmesh_tlsid::quinn_client_config(
-            Some(&b),
-            ServerPin::Node(a.node_id()),
-            &[ALPN_PEER],
-        )
-        .unwrap();
-        client_cfg.transport_config(small_windows());
         let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let conn = client
             .connect_with(client_cfg, addr, SERVER_NAME)
@@ -250,6 +261,20 @@ mod tests {
             .await
             .unwrap();
         let (send, _recv) = conn.open_bi().await.unwrap();
+        (conn, send, reader)
+    }
+
+    /// What the reader got, once the stream ended (bounded).
+    async fn read_all(reader: tokio::task::JoinHandle<Vec<u8>>) -> Vec<u8> {
+        tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the stream ends")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_send_buffer_hands_the_stream_to_a_writer_in_order() {
+        let (_conn, send, reader) = stream_to_reader(41, Some(small_windows())).await;
         let frames: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 50_000]).collect();
         let mut tx = StreamTx::new(send);
         for f in &frames[..3] {
@@ -260,51 +285,17 @@ mod tests {
             "a 16 KiB send buffer cannot take 150 kB at once"
         );
         tx.write_last(frames[3].clone());
-        let got = tokio::time::timeout(Duration::from_secs(10), reader)
-            .await
-            .expect("the stream ends")
-            .unwrap();
+        let got = read_all(reader).await;
         assert_eq!(got, frames.concat(), "every frame, in order, then the end");
     }
 
     #[tokio::test]
     async fn frames_that_fit_are_written_without_a_writer_task() {
-        agentmesh_tlsid::install_default_provider();
-        let (a, b) = (
-            SecretKey::from_bytes(&[43; 32]),
-            SecretKey::from_bytes(&[44; 32]),
-        );
-        let server_cfg =
-            agentmesh_tlsid::quinn_server_config(&a, ClientAuth::RequireNodeCert, &[ALPN_PEER])
-                .unwrap();
-        let server = Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = server.local_addr().unwrap();
-        let reader = tokio::spawn(async move {
-            let conn = server.accept().await.unwrap().await.unwrap();
-            let (_send, mut recv) = conn.accept_bi().await.unwrap();
-            recv.read_to_end(1 << 20).await.unwrap()
-        });
-        let client_cfg = agentmesh_tlsid::quinn_client_config(
-            Some(&b),
-            ServerPin::Node(a.node_id()),
-            &[ALPN_PEER],
-        )
-        .unwrap();
-        let client = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = client
-            .connect_with(client_cfg, addr, SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
-        let (send, _recv) = conn.open_bi().await.unwrap();
+        let (_conn, send, reader) = stream_to_reader(43, None).await;
         let mut tx = StreamTx::new(send);
         assert!(tx.write(b"first".to_vec()));
         assert!(matches!(tx, StreamTx::Ready(_)));
         tx.write_last(b"last".to_vec());
-        let got = tokio::time::timeout(Duration::from_secs(10), reader)
-            .await
-            .expect("the stream ends")
-            .unwrap();
-        assert_eq!(got, b"firstlast");
+        assert_eq!(read_all(reader).await, b"firstlast");
     }
 }
