@@ -301,6 +301,16 @@ pub(super) fn reply<'a>(outs: &'a [Msg], r: R, conn: u64, id: &Value) -> Option<
         .map(|(_, _, m)| m)
 }
 
+/// How the task of request `id` on (r, conn) ended, from its final reply: (state,
+/// error code, error message); nulls and "" where absent.
+pub(super) fn task_end(outs: &[Msg], r: R, conn: u64, id: u64) -> (Value, Value, String) {
+    let ok = reply(outs, r, conn, &json!(id))
+        .map(|m| m["ok"].clone())
+        .unwrap_or_default();
+    let message = ok["error"]["message"].as_str().unwrap_or("").to_string();
+    (ok["state"].clone(), ok["error"]["code"].clone(), message)
+}
+
 pub(super) fn code(reply: &Value) -> &str {
     reply["error"]["code"].as_str().unwrap_or("")
 }

@@ -232,11 +232,9 @@ fn requester_timeout_sends_cancel() {
                 task_id: task.as_str().unwrap_or_default().into()
             }));
     assert!(event(&outs, R::B, 1, "cancel").is_some());
-    let r = reply(&outs, R::A, 2, &json!(1))
-        .cloned()
-        .unwrap_or_default();
+    let (state, error, _) = task_end(&outs, R::A, 2, 1);
     assert_eq!(
-        (r["ok"]["state"].clone(), r["ok"]["error"]["code"].clone()),
+        (state, error),
         (json!("canceled"), json!("TRANSPORT_TIMEOUT"))
     );
     assert_eq!((m.a.poll_timeout(), m.b.tasks.live_count()), (None, 0));
@@ -252,11 +250,9 @@ fn responder_connection_closing_fails_the_remote_request() {
         json!({"op": "request", "id": 1, "from": caller, "to": echo, "skill": "echo"}),
     );
     let outs = m.close(R::B, 1);
-    let r = reply(&outs, R::A, 2, &json!(1))
-        .cloned()
-        .unwrap_or_default();
+    let (state, error, _) = task_end(&outs, R::A, 2, 1);
     assert_eq!(
-        (r["ok"]["state"].clone(), r["ok"]["error"]["code"].clone()),
+        (state, error),
         (json!("failed"), json!("AGENT_UNAVAILABLE"))
     );
     let again = m.call(
@@ -383,17 +379,12 @@ fn peer_unreachable_ends_tasks_on_both_sides() {
         "no path to the peer",
     );
     let outs = m.step(R::A, |rt, now| rt.peer_unreachable(now, b, err));
-    let r = reply(&outs, R::A, 2, &json!(1))
-        .cloned()
-        .unwrap_or_default();
+    let (state, error, message) = task_end(&outs, R::A, 2, 1);
     assert_eq!(
-        (r["ok"]["state"].clone(), r["ok"]["error"]["code"].clone()),
+        (state, error),
         (json!("failed"), json!("AGENT_UNAVAILABLE"))
     );
-    assert!(r["ok"]["error"]["message"]
-        .as_str()
-        .unwrap_or("")
-        .contains("unreachable"));
+    assert!(message.contains("unreachable"), "{message}");
     assert!(
         event(&outs, R::A, 3, "cancel").is_some(),
         "the local responder is told"
