@@ -178,10 +178,10 @@ impl MeshNode {
         );
         tasks.push(tokio::spawn(sessions.clone().accept_loop()));
         if let Some(mut gone) = gone {
-            let sessions = sessions.clone();
+            let absence = sessions.absence();
             tasks.push(tokio::spawn(async move {
                 while let Some(node) = gone.recv().await {
-                    sessions.peer_absent(node);
+                    absence.report(node);
                 }
             }));
         }

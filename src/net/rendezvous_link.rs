@@ -16,10 +16,11 @@ use agentmesh_proto::rendezvous::RvErrorCode;
 use agentmesh_proto::{AgentId, ErrorCode, ErrorObject, Manifest, NodeId, SecretKey};
 use agentmesh_rendezvous::client::{Client, ClientError, Event, Join, Target};
 use indexmap::IndexMap;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::paths::Paths;
+use super::peers::Absence;
 use crate::api::RouterHandle;
 use crate::router::{Announce, Lookup};
 
@@ -81,7 +82,7 @@ pub struct RendezvousLink {
     router: RouterHandle,
     paths: Arc<Paths>,
     /// Where a node the rendezvous says is offline is reported (fails a dial early).
-    absent: broadcast::Sender<NodeId>,
+    absent: Absence,
     mirror: Mutex<Mirror>,
 }
 
@@ -94,7 +95,7 @@ impl RendezvousLink {
         router: RouterHandle,
         paths: Arc<Paths>,
         home_relay: Option<String>,
-        absent: broadcast::Sender<NodeId>,
+        absent: Absence,
     ) -> Arc<Self> {
         Arc::new(RendezvousLink {
             config,
@@ -313,7 +314,7 @@ impl RendezvousLink {
                     let result = client.introduce(node).await;
                     if let Err(ClientError::Refused(e)) = &result {
                         if e.code == RvErrorCode::UnknownNode {
-                            let _ = absent.send(node);
+                            absent.report(node);
                         }
                     }
                     if let Err(e) = result {

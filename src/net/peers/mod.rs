@@ -13,6 +13,7 @@
 //! A stream whose send buffer is full gets a writer task, so a slow stream never holds
 //! up the others.
 
+mod absence;
 mod frames;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use quinn::{Connection, Endpoint, VarInt};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, warn};
 
+pub use absence::{Absence, ABSENT_MEMORY};
 use frames::StreamTx;
 pub use frames::{FrameReader, StreamError, WriteCmd, MAX_PEER_FRAME};
 
@@ -41,9 +43,6 @@ use crate::router::PeerMsg;
 
 /// How long dialing a peer may take before its tasks fail.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a report that a node is absent counts for a dial that starts later.
-pub const ABSENT_MEMORY: Duration = Duration::from_secs(10);
 
 /// How long a handshake may go on after the relay or the rendezvous said its peer is
 /// not connected.
@@ -105,10 +104,8 @@ pub struct Sessions {
     conns: Mutex<HashMap<NodeId, Connection>>,
     workers: Mutex<HashMap<NodeId, Worker>>,
     streams: Mutex<HashMap<StreamKey, StreamTx>>,
-    /// Nodes the relay or the rendezvous says are absent (see [`Sessions::peer_absent`]).
-    gone: broadcast::Sender<NodeId>,
-    /// When each node was last said to be absent (kept for [`ABSENT_MEMORY`]).
-    absent_at: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// Nodes the relay or the rendezvous says are absent.
+    absence: Absence,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,27 +137,15 @@ impl Sessions {
             conns: Mutex::new(HashMap::new()),
             workers: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
-            gone: broadcast::channel(64).0,
-            absent_at: Mutex::new(HashMap::new()),
+            absence: Absence::default(),
         })
     }
 
-    /// The relay or the rendezvous says `node` is not connected to it: a handshake with
-    /// `node` that has no direct path fails [`GONE_GRACE`] later instead of at
-    /// [`CONNECT_TIMEOUT`].
-    pub fn peer_absent(&self, node: NodeId) {
-        let now = std::time::Instant::now();
-        {
-            let mut absent = lock(&self.absent_at);
-            absent.retain(|_, at| now.duration_since(*at) < ABSENT_MEMORY);
-            absent.insert(node, now);
-        }
-        let _ = self.gone.send(node);
-    }
-
-    /// Where others report absent nodes (see [`Sessions::peer_absent`]).
-    pub fn absence(&self) -> broadcast::Sender<NodeId> {
-        self.gone.clone()
+    /// Where the relay link and the rendezvous link report absent nodes: a handshake
+    /// with such a node that has no direct path fails [`GONE_GRACE`] after the report
+    /// instead of at [`CONNECT_TIMEOUT`].
+    pub fn absence(&self) -> Absence {
+        self.absence.clone()
     }
 
     /// Sends a router message to `node`: at once when the node has a live connection
@@ -266,7 +251,7 @@ impl Sessions {
             return Ok(c);
         }
         // Listen before `prepare`, which may ask for the introduction that is refused.
-        let gone = self.gone.subscribe();
+        let gone = self.absence.subscribe();
         self.paths.prepare(node).await?;
         let config = agentmesh_tlsid::quinn_client_config(
             Some(&self.key),
@@ -293,22 +278,10 @@ impl Sessions {
         Ok(self.adopt(node, conn))
     }
 
-    /// Returns [`GONE_GRACE`] after the relay or the rendezvous first says `node` is
-    /// absent, if by then the
-    /// node has no direct path either; never otherwise.
-    async fn said_absent(&self, mut gone: broadcast::Receiver<NodeId>, node: NodeId) {
-        let recently = lock(&self.absent_at)
-            .get(&node)
-            .is_some_and(|at| at.elapsed() < ABSENT_MEMORY);
-        if !recently {
-            loop {
-                match gone.recv().await {
-                    Ok(n) if n == node => break,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
-                }
-            }
-        }
+    /// Returns [`GONE_GRACE`] after `node` is reported absent, if by then it has no
+    /// direct path either; never otherwise.
+    async fn said_absent(&self, rx: broadcast::Receiver<NodeId>, node: NodeId) {
+        absence::reported(&self.absence, rx, node).await;
         tokio::time::sleep(GONE_GRACE).await;
         if matches!(self.routes.path(&node), Some(Path::Direct(_))) {
             std::future::pending::<()>().await;
