@@ -6,7 +6,9 @@
 //! the request, later `continue`s follow on it; the responder's daemon answers on it
 //! and finishes it with the final state. A cancel resets it with `STREAM_CANCELED`.
 //! Events ride one-way streams. An empty bidirectional stream is a ping, answered by
-//! finishing the other direction. Messages for one node keep the order the router
+//! finishing the other direction; a task stream that stays silent has its peer pinged
+//! (`liveness.rs`), so a daemon that died without closing is noticed in seconds.
+//! Messages for one node keep the order the router
 //! produced them in: while the node has a live connection and nothing is queued for it,
 //! a message is written at once by the caller (a frame goes into the stream's send
 //! buffer, no task hop); otherwise it queues for the node's worker, which dials first.
@@ -15,8 +17,9 @@
 
 mod absence;
 mod frames;
+mod liveness;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +39,7 @@ use tracing::{debug, warn};
 pub use absence::{Absence, ABSENT_MEMORY};
 use frames::StreamTx;
 pub use frames::{FrameReader, StreamError, WriteCmd, MAX_PEER_FRAME};
+pub use liveness::{PEER_SILENT, PING_TIMEOUT, SILENCE_CHECK, SILENCE_RECHECK};
 
 use super::routes::{Path, Routes};
 use crate::api::RouterHandle;
@@ -106,6 +110,8 @@ pub struct Sessions {
     streams: Mutex<HashMap<StreamKey, StreamTx>>,
     /// Nodes the relay or the rendezvous says are absent.
     absence: Absence,
+    /// Nodes whose liveness is being checked (`liveness.rs`).
+    checking: Mutex<HashSet<NodeId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -138,6 +144,7 @@ impl Sessions {
             workers: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
             absence: Absence::default(),
+            checking: Mutex::new(HashSet::new()),
         })
     }
 
@@ -454,9 +461,18 @@ impl Sessions {
     }
 
     /// Requester side: the responder's frames for one task.
+    /// A stream silent for [`SILENCE_CHECK`] has its peer's liveness checked.
     async fn read_responses(self: Arc<Self>, node: NodeId, task: String, mut rd: FrameReader) {
+        let mut silence = SILENCE_CHECK;
         loop {
-            match rd.next::<ResponderFrame>().await {
+            // `FrameReader::next` keeps what it read in its buffer: safe to time out.
+            let Ok(next) = tokio::time::timeout(silence, rd.next::<ResponderFrame>()).await else {
+                self.check_alive(node);
+                silence = SILENCE_RECHECK;
+                continue;
+            };
+            silence = SILENCE_CHECK;
+            match next {
                 Ok(Some(frame)) => {
                     let msg = PeerMsg::Responder(frame);
                     self.router.apply(|r, now| r.handle_peer(now, node, msg));
@@ -522,12 +538,10 @@ impl Sessions {
     pub async fn ping_once(self: &Arc<Self>, node: NodeId) -> Result<Duration, ErrorObject> {
         let conn = self.connect(node).await?;
         let start = std::time::Instant::now();
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| unreachable(node, e))?;
-        send.finish().map_err(|e| unreachable(node, e))?;
-        match recv.read_to_end(0).await {
-            Ok(_) => Ok(start.elapsed()),
-            Err(e) => Err(unreachable(node, e)),
-        }
+        liveness::ping(&conn)
+            .await
+            .map_err(|e| unreachable(node, e))?;
+        Ok(start.elapsed())
     }
 
     async fn serve_event_stream(self: Arc<Self>, node: NodeId, recv: quinn::RecvStream) {
