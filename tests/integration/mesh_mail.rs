@@ -44,6 +44,21 @@ async fn echo_agent(sock: &std::path::Path) -> String {
     id
 }
 
+/// Registers a caller on `socket` and has it reach `echo` once (the session is up).
+async fn warm_caller(socket: &std::path::Path, echo: &str) -> (Client, Value) {
+    let (mut c, me) = caller(socket, "caller").await;
+    discover_until(&mut c, "echo", 1).await;
+    let warm = c
+        .call(
+            "request",
+            json!({"from": me, "to": echo, "skill": "echo", "input": "warm"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(warm["state"], "completed", "{warm}");
+    (c, me)
+}
+
 /// Waits for the next message that is not a reply (bounded).
 async fn next_push(c: &mut Client, within: Duration) -> Value {
     tokio::time::timeout(within, c.next_message())
@@ -68,16 +83,7 @@ async fn a_request_for_an_agent_whose_daemon_is_down_is_answered_after_it_return
         b,
     } = two_daemons(dir.path()).await;
     let echo = echo_agent(&cb.socket).await;
-    let (mut caller, me) = caller(&ca.socket, "caller").await;
-    discover_until(&mut caller, "echo", 1).await;
-    let warm = caller
-        .call(
-            "request",
-            json!({"from": me, "to": echo, "skill": "echo", "input": "warm"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(warm["state"], "completed", "{warm}");
+    let (mut caller, me) = warm_caller(&ca.socket, &echo).await;
 
     // B goes away (its agents with it).
     b.stop().await;
@@ -205,16 +211,7 @@ async fn a_request_for_an_agent_whose_daemon_crashed_is_stored_within_seconds() 
     let b = daemon_process(dir.path(), "b", &s).await;
     let b_socket = daemon_config(dir.path(), "b", &s).socket;
     let echo = echo_agent(&b_socket).await;
-    let (mut caller, me) = caller(&ca.socket, "caller").await;
-    discover_until(&mut caller, "echo", 1).await;
-    let warm = caller
-        .call(
-            "request",
-            json!({"from": me, "to": echo, "skill": "echo", "input": "warm"}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(warm["state"], "completed", "{warm}");
+    let (mut caller, me) = warm_caller(&ca.socket, &echo).await;
 
     // B crashes: SIGKILL, no close frames; A's session to it still looks fine.
     drop(b);

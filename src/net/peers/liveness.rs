@@ -56,16 +56,8 @@ impl Sessions {
 
     /// `conn` to `node` went silent: closes it and reports the node unreachable.
     fn silent(&self, node: NodeId, conn: &Connection) {
-        let was_current = {
-            let mut conns = lock(&self.conns);
-            let current = conns
-                .get(&node)
-                .is_some_and(|c| c.stable_id() == conn.stable_id());
-            if current {
-                conns.remove(&node);
-            }
-            current
-        };
+        let was_current = self.forget_conn(node, conn);
+
         conn.close(
             VarInt::from_u32(PEER_SILENT),
             b"no answer to a liveness ping",

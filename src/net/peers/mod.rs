@@ -338,21 +338,24 @@ impl Sessions {
                 self.paths.peer_left(node);
             }
         }
-        let was_current = {
-            let mut conns = lock(&self.conns);
-            let current = conns
-                .get(&node)
-                .is_some_and(|c| c.stable_id() == conn.stable_id());
-            if current {
-                conns.remove(&node);
-            }
-            current
-        };
-        if was_current {
+        if self.forget_conn(node, &conn) {
             let error = unreachable(node, format!("the connection ended ({reason})"));
             self.router
                 .apply(|r, now| r.peer_unreachable(now, node, error));
         }
+    }
+
+    /// Forgets `conn` as `node`'s connection; false if another one had replaced it (the
+    /// end of `conn` then says nothing about the node).
+    fn forget_conn(&self, node: NodeId, conn: &Connection) -> bool {
+        let mut conns = lock(&self.conns);
+        let current = conns
+            .get(&node)
+            .is_some_and(|c| c.stable_id() == conn.stable_id());
+        if current {
+            conns.remove(&node);
+        }
+        current
     }
 
     /// Dispatches `msg` on `conn`, waiting for stream credit when a new task stream
