@@ -11,14 +11,19 @@
 use std::time::{Duration, Instant};
 
 use agentmesh_proto::frame::{encode, from_bytes, to_bytes};
-use agentmesh_proto::manifest::Skill;
 use agentmesh_proto::rendezvous::ServerMsg;
 use agentmesh_proto::{AgentId, DiscoverQuery, Manifest, NodeId, SecretKey};
 use agentmesh_rendezvous::core::{AgentRow, CoreConfig, Server, TenantConfig};
 
-const CAPS: usize = 50;
-const SKILLS: usize = 200;
-const TAGS: usize = 100;
+// The population `rendezvous-bench` registers over the wire, so both benches measure
+// the same agents. Its runner parts are not needed here, and its unit tests do not run
+// in a bench without a harness.
+#[allow(dead_code, unused_imports)]
+#[path = "../src/bin/rendezvous-bench/agents.rs"]
+mod agents;
+
+use agents::CAPS;
+
 const ROUNDS: usize = 2_000;
 
 fn key(i: u64) -> SecretKey {
@@ -27,23 +32,11 @@ fn key(i: u64) -> SecretKey {
     SecretKey::from_bytes(&b)
 }
 
+/// Agent `i` of the shared population; one in a hundred is busy (outside the
+/// signature: the registry owns availability).
 fn manifest(i: u64) -> Manifest {
-    let k = key(i);
-    let mut m = Manifest::new(k.agent_id(), format!("Agent {i:06}"));
-    let c = i as usize;
-    m.capabilities = (0..3)
-        .map(|j| format!("cap{}", (c * 7 + j * 13) % CAPS))
-        .collect();
-    m.skills = (0..2)
-        .map(|j| Skill {
-            id: format!("skill{}", (c * 3 + j * 101) % SKILLS),
-            tags: vec![format!("tag{}", (c + j) % TAGS)],
-            ..Skill::default()
-        })
-        .collect();
-    m.sign(&k, "2026-11-21T00:00:00Z");
+    let mut m = agents::manifest(i as usize);
     if i % 100 == 0 {
-        // Outside the signature: the registry owns availability.
         m.availability = agentmesh_proto::Availability::Busy;
     }
     m
@@ -54,36 +47,19 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Query `i` of `kind`: the kinds `rendezvous-bench` asks, plus availability, scans and
+/// a miss.
 fn query(kind: &str, i: usize) -> DiscoverQuery {
     let mut q = DiscoverQuery::default();
     match kind {
-        "one capability" => q.capabilities = vec![format!("cap{}", i % CAPS)],
-        "two capabilities" => {
-            q.capabilities = vec![
-                format!("cap{}", (i * 7) % CAPS),
-                format!("cap{}", (i * 7 + 13) % CAPS),
-            ]
-        }
-        "skill id" => q.skill_id = Some(format!("skill{}", i % SKILLS)),
-        "tags" => {
-            q.tags = vec![
-                format!("tag{}", i % TAGS),
-                format!("tag{}", (i + 50) % TAGS),
-            ]
-        }
         "capability+availability" => {
             q.capabilities = vec![format!("cap{}", i % CAPS)];
             q.availability = Some(agentmesh_proto::Availability::Online);
         }
         "availability busy (1%)" => q.availability = Some(agentmesh_proto::Availability::Busy),
-        "name substring" => q.name = Some(format!("{:04}", i % 10_000)),
         "name, no match" => q.name = Some("zzz".into()),
         "name, 2 chars (scan)" => q.name = Some(format!("{:02}", i % 100)),
-        "limit 1000" => {
-            q.capabilities = vec![format!("cap{}", i % CAPS)];
-            q.limit = Some(1000);
-        }
-        _ => {}
+        shared => return agents::query(shared, i, &[], 0),
     }
     q
 }
@@ -117,9 +93,9 @@ fn main() {
         "one capability",
         "two capabilities",
         "skill id",
-        "tags",
+        "tags (2)",
         "capability+availability",
-        "limit 1000",
+        "capability, limit 1000",
         "availability busy (1%)",
         "name substring",
         "name, no match",
