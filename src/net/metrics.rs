@@ -234,6 +234,8 @@ impl Page {
                 ("way=\"direct_sent\"".into(), load(&st.direct_sent)),
                 ("way=\"relay_sent\"".into(), load(&st.relay_sent)),
                 ("way=\"relay_received\"".into(), load(&st.relay_received)),
+                ("way=\"door_sent\"".into(), load(&st.door_sent)),
+                ("way=\"door_received\"".into(), load(&st.door_received)),
                 ("way=\"dropped\"".into(), load(&st.dropped)),
             ],
         );

@@ -1,6 +1,7 @@
 //! The daemon's own addresses: its interface addresses and, with STUN through its one
 //! socket, its public mappings as two or more observers see them. From these come the
-//! NAT class shown in `status` and the candidates given to the rendezvous. STUN runs at
+//! NAT class shown in `status`, the candidates given to the rendezvous and the mapping
+//! kind (for many-port probing) given to the path finder and the rendezvous. STUN runs at
 //! start and then periodically; a changed public mapping means the network changed
 //! (NAT reboot, new uplink), so direct paths are re-punched.
 
@@ -13,7 +14,7 @@ use tracing::{debug, info};
 
 use super::mesh_socket::MeshHandle;
 use super::paths::{now, Paths};
-use super::punch::CandidateKind;
+use super::punch::{mapping_kind, CandidateKind, MappingKind};
 use super::stun::{MappingObservation, StunProbe};
 
 /// How many ports after the last one seen are offered for a sequential symmetric NAT
@@ -70,12 +71,13 @@ impl Reflexive {
         self.view.clone()
     }
 
-    /// Runs rounds forever; STUN answers arrive on `answers`; new candidate lists go to
-    /// `publish`; a changed mapping tells `paths`.
+    /// Runs rounds forever; STUN answers arrive on `answers`; new candidate lists and
+    /// the mapping kind go to `publish` (and the kind to `paths`); a changed mapping
+    /// tells `paths`.
     pub async fn run(
         self,
         mut answers: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
-        publish: impl Fn(Vec<SocketAddr>) + Send + 'static,
+        publish: impl Fn(Vec<SocketAddr>, MappingKind) + Send + 'static,
         paths: Arc<Paths>,
     ) {
         let mut seed = 1u64;
@@ -94,8 +96,10 @@ impl Reflexive {
                 v.candidates = candidates(local, &mappings, v.upnp);
                 (changed, v.candidates.clone())
             };
-            info!(candidates = candidates.len(), "own addresses probed");
-            publish(candidates.iter().map(|c| c.0).collect());
+            let kind = local.map_or(MappingKind::OpenOrUnknown, |l| mapping_kind(l, &mappings));
+            info!(candidates = candidates.len(), mapping = ?kind, "own addresses probed");
+            paths.set_own_mapping(kind);
+            publish(candidates.iter().map(|c| c.0).collect(), kind);
             if changed {
                 info!("public mapping changed: re-punching direct paths");
                 paths.network_changed();

@@ -53,6 +53,8 @@ impl Sources {
                 "direct_packets_sent": stats.direct_sent.load(Ordering::Relaxed),
                 "relay_packets_sent": stats.relay_sent.load(Ordering::Relaxed),
                 "relay_packets_received": stats.relay_received.load(Ordering::Relaxed),
+                "door_packets_sent": stats.door_sent.load(Ordering::Relaxed),
+                "door_packets_received": stats.door_received.load(Ordering::Relaxed),
                 "dropped": stats.dropped.load(Ordering::Relaxed),
             },
             "peers": self.peers(),

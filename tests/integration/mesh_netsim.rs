@@ -19,7 +19,7 @@ use agentmesh::simworld::{SiteSpec, World};
 use netsim::Preset;
 use serde_json::{json, Value};
 
-use crate::punch_matrix::expected_daemon as expected;
+use crate::punch_matrix::{expected_daemon as expected, expected_tier};
 
 /// (caller daemon, callee daemon), indices into the world's daemons.
 type Job = (usize, usize);
@@ -57,6 +57,7 @@ fn sites() -> Vec<SiteSpec> {
 struct Cell {
     pair: String,
     want_direct: bool,
+    want_tier: Option<&'static str>,
     why: &'static str,
     path: String,
     tier: String,
@@ -176,6 +177,7 @@ async fn run_pair(world: &World, a: usize, b: usize) -> Cell {
     Cell {
         pair: format!("{} x {}", da.preset, db.preset),
         want_direct,
+        want_tier: expected_tier(da.preset, db.preset),
         why,
         path,
         tier,
@@ -276,6 +278,12 @@ async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possib
                 .map_or("-".into(), |d| format!("{:.1}", in_rtts(d))),
             if c.callee_relay_up { "up" } else { "down" },
         ));
+        if let Some(tier) = c.want_tier.filter(|t| got_direct && *t != c.tier) {
+            wrong.push(format!(
+                "{}: direct, but on {} instead of {tier}",
+                c.pair, c.tier
+            ));
+        }
         if got_direct != c.want_direct {
             wrong.push(format!(
                 "{}: expected {} ({})",
