@@ -91,12 +91,14 @@ impl Reflexive {
                     && !mappings.is_empty()
                     && v.mappings.first().map(|m| m.1) != mappings.first().map(|m| m.1);
                 v.local = local;
-                v.nat = nat_name(local, &mappings);
+                v.nat = nat_name(local.map(|l| concrete_local(l, &mappings)), &mappings);
                 v.mappings = mappings.clone();
                 v.candidates = candidates(local, &mappings, v.upnp);
                 (changed, v.candidates.clone())
             };
-            let kind = local.map_or(MappingKind::OpenOrUnknown, |l| mapping_kind(l, &mappings));
+            let kind = local.map_or(MappingKind::OpenOrUnknown, |l| {
+                mapping_kind(concrete_local(l, &mappings), &mappings)
+            });
             info!(candidates = candidates.len(), mapping = ?kind, "own addresses probed");
             paths.set_own_mapping(kind);
             publish(candidates.iter().map(|c| c.0).collect(), kind);
@@ -136,6 +138,21 @@ impl Reflexive {
         debug!(answers = probe.answers().len(), "STUN round done");
         probe.answers()
     }
+}
+
+/// The socket's local address with a concrete IP, for telling "no NAT" from a NAT that
+/// keeps the port: a socket bound to the unspecified address is at the public IP STUN
+/// saw if that IP is one of the interfaces', else at its first other interface address.
+fn concrete_local(local: SocketAddr, mappings: &[(SocketAddr, SocketAddr)]) -> SocketAddr {
+    if !local.ip().is_unspecified() {
+        return local;
+    }
+    let ips = interface_ips(local.ip());
+    let ip = match mappings.first() {
+        Some((_, m)) if ips.contains(&m.ip()) => Some(m.ip()),
+        _ => ips.into_iter().find(|ip| !ip.is_loopback()),
+    };
+    ip.map_or(local, |ip| SocketAddr::new(ip, local.port()))
 }
 
 fn nat_name(local: Option<SocketAddr>, mappings: &[(SocketAddr, SocketAddr)]) -> String {
