@@ -214,3 +214,48 @@ fn interface_ips(bound: IpAddr) -> Vec<IpAddr> {
     ips.sort_by_key(|ip| ip.is_loopback());
     ips
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::punch::mapping_kind;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_wildcard_socket_behind_a_port_keeping_nat_is_not_taken_for_no_nat() {
+        let observers = (a("203.0.113.10:3478"), a("198.51.100.10:3478"));
+        let wildcard = a("0.0.0.0:7000");
+        // The public IP is one of ours: no NAT.
+        let open = [
+            (observers.0, a("127.0.0.1:7000")),
+            (observers.1, a("127.0.0.1:7000")),
+        ];
+        assert_eq!(concrete_local(wildcard, &open), a("127.0.0.1:7000"));
+        assert_eq!(
+            mapping_kind(concrete_local(wildcard, &open), &open),
+            MappingKind::OpenOrUnknown
+        );
+        // A NAT that kept port 7000 on another IP: endpoint-independent, not "no NAT"
+        // (the unspecified address alone matched any IP with the same port).
+        let natted = [
+            (observers.0, a("203.0.113.13:7000")),
+            (observers.1, a("203.0.113.13:7000")),
+        ];
+        let local = concrete_local(wildcard, &natted);
+        if !local.ip().is_unspecified() {
+            assert_ne!(local.ip(), a("203.0.113.13:7000").ip());
+            assert_eq!(
+                mapping_kind(local, &natted),
+                MappingKind::EndpointIndependent
+            );
+        }
+        // A concrete local address is kept as it is.
+        assert_eq!(
+            concrete_local(a("10.0.0.2:7000"), &natted),
+            a("10.0.0.2:7000")
+        );
+    }
+}
