@@ -420,6 +420,11 @@ impl MeshHandle {
         self.doors.peers_with_doors()
     }
 
+    /// Doors open now, over all peers.
+    pub fn doors_open(&self) -> usize {
+        self.doors.total()
+    }
+
     /// How many doors `node` has open, and the door its path runs through.
     pub fn doors_of(&self, node: &NodeId) -> (usize, Option<u16>) {
         self.doors.state(node)

@@ -239,6 +239,11 @@ impl Page {
                 ("way=\"dropped\"".into(), load(&st.dropped)),
             ],
         );
+        self.gauge(
+            "agentmesh_socket_doors_open",
+            "Extra sockets (doors) of many-port probing open now.",
+            s.mesh.doors_open() as u64,
+        );
     }
 
     fn links(&mut self, s: &Sources) {

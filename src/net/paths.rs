@@ -583,6 +583,84 @@ fn is_private(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::mesh_socket::{MeshSocket, RelayLink, UdpDoors};
+    use agentmesh_proto::rendezvous::NatMapping;
+
+    #[derive(Debug)]
+    struct NoRelay;
+
+    impl RelayLink for NoRelay {
+        fn send(&self, _: NodeId, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn intro(id: u64, to: NodeId, peer: NodeId, candidate: SocketAddr) -> Introduction {
+        Introduction {
+            id,
+            to,
+            peer,
+            initiator: true,
+            peer_candidates: vec![candidate],
+            peer_home_relay: None,
+            start_at_unix_ms: 1_000 + id,
+            start_in_ms: 100,
+            expires_unix_ms: u64::MAX,
+        }
+    }
+
+    /// The hard side of many-port probing opens its doors for the attempt and closes
+    /// every one when the attempt gives up; without the peer's mapping (an older
+    /// rendezvous) there are none.
+    #[tokio::test]
+    async fn doors_live_as_long_as_the_hard_side_attempt() {
+        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        std_sock.set_nonblocking(true).unwrap();
+        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std_sock).unwrap();
+        let routes = Arc::new(Routes::default());
+        let (_socket, mesh, _diverted) = MeshSocket::new(inner, routes.clone(), Arc::new(NoRelay));
+        mesh.set_door_binder(Arc::new(UdpDoors::new(
+            "127.0.0.1".parse().unwrap(),
+            Arc::new(quinn::TokioRuntime),
+        )));
+        let key = SecretKey::from_bytes(&[1; 32]);
+        let me = key.node_id();
+        let peer = SecretKey::from_bytes(&[2; 32]).node_id();
+        let old = SecretKey::from_bytes(&[3; 32]).node_id();
+        let mut config = PathConfig::default();
+        config.punch.spray.sockets = 8;
+        config.punch.give_up_after = Duration::from_millis(600);
+        let (paths, _intros, _changes) =
+            Paths::new(key, routes, mesh.clone(), config, Some(Tier::RelayUdp));
+        paths.set_own_mapping(MappingKind::Random);
+        // A peer that never answers (loopback: nothing leaves the host).
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let silent = silent.local_addr().unwrap();
+        paths.handle_introduction(&intro(1, me, old, silent), None);
+        assert_eq!(mesh.doors_of(&old), (0, None), "no mapping, no doors");
+        paths.handle_introduction(&intro(2, me, peer, silent), Some(NatMapping::Random));
+        assert_eq!(
+            mesh.doors_of(&peer),
+            (0, None),
+            "two random sides: no spray"
+        );
+        paths.handle_introduction(
+            &intro(3, me, peer, silent),
+            Some(NatMapping::EndpointIndependent),
+        );
+        assert_eq!(mesh.doors_of(&peer), (8, None));
+        let run = tokio::spawn(paths.clone().run());
+        // The punch gives up 0.6 s after its start (0.1 s from now); the doors go with it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(mesh.doors_open(), 8, "open while the attempt runs");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while mesh.doors_open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(mesh.doors_open(), 0, "all closed once it gave up");
+        assert!(!paths.info().iter().any(|p| p.tier.is_direct()));
+        run.abort();
+    }
 
     #[test]
     fn candidate_kinds_are_inferred() {

@@ -55,6 +55,7 @@ impl Sources {
                 "relay_packets_received": stats.relay_received.load(Ordering::Relaxed),
                 "door_packets_sent": stats.door_sent.load(Ordering::Relaxed),
                 "door_packets_received": stats.door_received.load(Ordering::Relaxed),
+                "doors_open": self.mesh.doors_open(),
                 "dropped": stats.dropped.load(Ordering::Relaxed),
             },
             "peers": self.peers(),

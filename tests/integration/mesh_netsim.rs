@@ -80,6 +80,15 @@ async fn relay_up(socket: &std::path::Path) -> bool {
     st["net"]["relay"]["connected"] == json!(true)
 }
 
+/// How many extra sockets (doors) the daemon at `socket` has open.
+async fn doors_open(socket: &std::path::Path) -> u64 {
+    let Ok(mut c) = Client::connect(socket).await else {
+        return 0;
+    };
+    let st = c.call("status", json!({})).await.unwrap_or_default();
+    st["net"]["socket"]["doors_open"].as_u64().unwrap_or(0)
+}
+
 async fn agent_id(c: &mut Client, site: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -294,6 +303,23 @@ async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possib
         }
     }
     eprintln!("{grid}");
+
+    // Bounded resources: each many-port path keeps exactly one door on its hard side;
+    // every other door (losers, and attempts that ended) is closed.
+    let many_port = cells
+        .iter()
+        .filter(|c| c.tier == "direct-many-port")
+        .count() as u64;
+    let mut doors = 0;
+    for d in &world.daemons {
+        doors += doors_open(&d.socket).await;
+    }
+    eprintln!("doors open after the matrix: {doors} (many-port paths: {many_port})");
+    if doors != many_port {
+        wrong.push(format!(
+            "{doors} doors open for {many_port} many-port paths (one each expected)"
+        ));
+    }
 
     // Fault: the relay goes away while direct paths carry the sessions; nothing notices.
     world.stop_relay().await;

@@ -136,7 +136,7 @@ impl Doors {
         self.binder().is_some()
     }
 
-    fn total(&self) -> usize {
+    pub(super) fn total(&self) -> usize {
         self.peers().values().map(|p| p.open.len()).sum()
     }
 

@@ -328,6 +328,7 @@ async fn a_peer_routed_through_a_door_talks_through_it_and_doors_close() {
     )));
     assert_eq!(a.handle.open_doors(nb, 4).unwrap(), 4);
     assert_eq!(a.handle.doors_of(&nb), (4, None));
+    assert_eq!(a.handle.doors_open(), 4);
     assert_eq!(a.handle.peers_with_doors(), vec![nb]);
 
     // A probe from door 3 reaches B from door 3's own port; B's answer to that port
@@ -348,6 +349,7 @@ async fn a_peer_routed_through_a_door_talks_through_it_and_doors_close() {
     // Door 3 wins: the other doors close and B's QUIC goes through door 3 both ways.
     assert!(a.handle.keep_door(nb, 3));
     assert_eq!(a.handle.doors_of(&nb), (1, Some(3)));
+    assert_eq!(a.handle.doors_open(), 1, "the losing doors closed");
     assert!(a.handle.send_on(nb, 1, b.real, &probe).is_err());
     a.routes.set_path(nb, Path::Direct(b.real));
     b.routes.set_path(na, Path::Direct(door3));
@@ -383,6 +385,7 @@ async fn a_peer_routed_through_a_door_talks_through_it_and_doors_close() {
     // The attempt is over: every door closes and its port is free again.
     a.handle.close_doors(&nb);
     assert_eq!(a.handle.doors_of(&nb), (0, None));
+    assert_eq!(a.handle.doors_open(), 0);
     assert!(a.handle.peers_with_doors().is_empty());
     assert!(a.handle.send_on(nb, 3, b.real, &probe).is_err());
     let mut freed = false;
