@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::api::{ApiConfig, ApiServer, RouterHandle, ServeError};
 use crate::config::DaemonConfig;
 use crate::net::admin;
+use crate::net::mesh_socket::{DoorBinder, UdpDoors};
 use crate::net::metrics::{NetMetrics, Page};
 use crate::net::node::{MeshConfig, MeshNode, NetError};
 use crate::net::relay_link::RelayLinkConfig;
@@ -65,6 +66,9 @@ pub struct NetBinding {
     pub udp: Arc<dyn AsyncUdpSocket>,
     /// quinn's runtime for it.
     pub runtime: Arc<dyn quinn::Runtime>,
+    /// Opens the extra sockets ("doors") of many-port probing next to `udp` (none: the
+    /// daemon never takes the hard side of it).
+    pub doors: Option<Arc<dyn DoorBinder>>,
     /// Rendezvous, relay and STUN, resolved.
     pub mesh: MeshConfig,
 }
@@ -154,6 +158,7 @@ impl Daemon {
                     outputs,
                     b.udp,
                     b.runtime,
+                    b.doors,
                 )?;
                 info!(node = %self.node_id.short(), "mesh network started");
                 Some(node)
@@ -187,9 +192,12 @@ impl Daemon {
         let std_sock = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
         std_sock.set_nonblocking(true).map_err(bind_err)?;
         let udp = quinn::Runtime::wrap_udp_socket(&TokioRuntime, std_sock).map_err(bind_err)?;
+        let doors: Arc<dyn DoorBinder> =
+            Arc::new(UdpDoors::new(listen.ip(), Arc::new(TokioRuntime)));
         Ok(NetBinding {
             udp,
             runtime: Arc::new(TokioRuntime),
+            doors: Some(doors),
             mesh: mesh_config(&self.config, listen.is_ipv4()).await?,
         })
     }

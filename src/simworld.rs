@@ -3,6 +3,9 @@
 //! production code) each on a simulated host behind the NAT preset asked for. Only the
 //! network is simulated. Used by `agentmesh demo` and the full-daemon NAT matrix.
 //!
+//! Each daemon can open extra sockets on its host (ephemeral ports) for many-port
+//! probing, as a real daemon binds extra UDP sockets.
+//!
 //! The simulation runs on tokio's clock; with a running clock it runs in real time
 //! (links have their configured latency in wall-clock time).
 
@@ -23,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::DaemonConfig;
 use crate::daemon::{Daemon, NetBinding, StartError};
+use crate::net::mesh_socket::DoorBinder;
 use crate::net::node::MeshConfig;
 use crate::net::relay_link::RelayLinkConfig;
 use crate::net::rendezvous_link::RendezvousConfig;
@@ -102,6 +106,26 @@ pub struct World {
     pub daemons: Vec<WorldDaemon>,
     rendezvous: Option<Running>,
     relay: Option<RelayHandle>,
+}
+
+/// The doors (extra sockets of many-port probing) of a daemon: ephemeral ports of its
+/// simulated host.
+#[derive(Debug)]
+struct SimDoors {
+    net: SimNet,
+    host: netsim::HostId,
+}
+
+impl DoorBinder for SimDoors {
+    fn bind(&self) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+        match self.net.bind(self.host, 0) {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(e) => Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                e.to_string(),
+            )),
+        }
+    }
 }
 
 fn link(ms: Duration, loss: f64) -> LinkConfig {
@@ -219,9 +243,14 @@ impl World {
         };
         let mut daemons = Vec::new();
         for (s, (host, nat)) in sites.iter().zip(hosts) {
+            let doors: Arc<dyn DoorBinder> = Arc::new(SimDoors {
+                net: net.clone(),
+                host,
+            });
             let binding = NetBinding {
                 udp: bind(host, DAEMON_PORT)?,
                 runtime: net.runtime(),
+                doors: Some(doors),
                 mesh: mesh.clone(),
             };
             let mut d = start_daemon(dir, s, binding)?;

@@ -11,6 +11,12 @@
 //! sends them again on it. A handshake whose packets the relay could not deliver (the
 //! peer not yet connected to it, or plain loss) then completes as soon as the path is
 //! direct, instead of at quinn's next retransmission timeout (1 s, then 2 s, 4 s…).
+//!
+//! For many-port probing the socket also has *doors* ([`doors`]): extra sockets opened
+//! for one peer's punch on the hard side. Probes received on door `k` are diverted
+//! tagged with `k`; once door `k` wins, that peer's QUIC is sent and received through
+//! it (the other doors close), and the rest of the daemon's traffic stays on the one
+//! socket.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -30,6 +36,10 @@ use tokio::sync::mpsc;
 use super::demux::{classify, Kind};
 use super::routes::{is_virtual, Path, Routes};
 
+pub mod doors;
+pub use doors::{DoorBinder, UdpDoors, MAX_DOORS};
+use doors::{Doors, Sinks};
+
 /// Sends QUIC packets of relayed peers to the relay.
 pub trait RelayLink: Send + Sync + fmt::Debug + 'static {
     /// Hands one QUIC packet for `peer` to the relay; must not block (drop when full).
@@ -41,6 +51,9 @@ pub trait RelayLink: Send + Sync + fmt::Debug + 'static {
 pub struct Diverted {
     /// Where it came from.
     pub src: SocketAddr,
+    /// The local socket it arrived on: 0 is the daemon's socket, `k` is door `k` of
+    /// many-port probing.
+    pub socket: u16,
     /// What it is.
     pub kind: Kind,
     /// Its bytes.
@@ -62,6 +75,10 @@ pub struct SocketStats {
     pub dropped: AtomicU64,
     /// Handshake packets sent again on a new direct path ([`MeshHandle::replay_handshake`]).
     pub replayed: AtomicU64,
+    /// QUIC packets received through a door (passed to quinn).
+    pub door_received: AtomicU64,
+    /// QUIC packets sent through a door.
+    pub door_sent: AtomicU64,
 }
 
 /// Handshake packets most recently sent through the relay, per peer, kept for a replay on
@@ -119,6 +136,7 @@ pub struct MeshSocket {
     relayed: Mutex<mpsc::Receiver<(NodeId, Vec<u8>)>>,
     stats: Arc<SocketStats>,
     handshakes: Arc<Mutex<HandshakeLog>>,
+    doors: Arc<Doors>,
 }
 
 /// The daemon's side of a [`MeshSocket`].
@@ -128,6 +146,7 @@ pub struct MeshHandle {
     relayed: mpsc::Sender<(NodeId, Vec<u8>)>,
     stats: Arc<SocketStats>,
     handshakes: Arc<Mutex<HandshakeLog>>,
+    doors: Arc<Doors>,
 }
 
 fn lock_log(log: &Mutex<HandshakeLog>) -> MutexGuard<'_, HandshakeLog> {
@@ -153,6 +172,12 @@ impl MeshSocket {
         let (rel_tx, rel_rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(SocketStats::default());
         let handshakes = Arc::new(Mutex::new(HandshakeLog::default()));
+        let doors = Arc::new(Doors::new(Sinks {
+            routes: routes.clone(),
+            diverted: div_tx.clone(),
+            quic: rel_tx.clone(),
+            stats: stats.clone(),
+        }));
         let socket = MeshSocket {
             inner: inner.clone(),
             routes,
@@ -161,12 +186,14 @@ impl MeshSocket {
             relayed: Mutex::new(rel_rx),
             stats: stats.clone(),
             handshakes: handshakes.clone(),
+            doors: doors.clone(),
         };
         let handle = MeshHandle {
             inner,
             relayed: rel_tx,
             stats,
             handshakes,
+            doors,
         };
         (socket, handle, div_rx)
     }
@@ -184,6 +211,7 @@ impl MeshSocket {
     fn divert(&self, src: SocketAddr, data: &[u8]) {
         let d = Diverted {
             src,
+            socket: 0,
             kind: classify(data),
             data: data.to_vec(),
         };
@@ -235,6 +263,37 @@ impl MeshSocket {
         Ok(())
     }
 
+    /// Sends a QUIC transmit to `dst` through a door, one datagram per segment (a door
+    /// may not offer the segmentation offload of the daemon's socket).
+    fn send_door(
+        &self,
+        door: &dyn AsyncUdpSocket,
+        dst: SocketAddr,
+        transmit: &Transmit<'_>,
+    ) -> io::Result<()> {
+        let size = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        for segment in transmit.contents.chunks(size) {
+            let t = Transmit {
+                destination: dst,
+                ecn: transmit.ecn,
+                contents: segment,
+                segment_size: None,
+                src_ip: None,
+            };
+            match door.try_send(&t) {
+                Ok(()) => self.stats.door_sent.fetch_add(1, Ordering::Relaxed),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed)
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(())
+    }
+
     /// A short-header packet goes to `node`: its handshake is over on our side, so
     /// nothing of it needs replaying.
     fn handshake_done(&self, node: NodeId, transmit: &Transmit<'_>) {
@@ -282,9 +341,10 @@ impl MeshHandle {
     /// Returns how many were sent.
     pub fn replay_handshake(&self, node: NodeId, dst: SocketAddr) -> usize {
         let packets = lock_log(&self.handshakes).take(&node);
+        let door = self.doors.state(&node).1.unwrap_or(0);
         let mut sent = 0;
         for p in &packets {
-            if self.send_raw(dst, p).is_ok() {
+            if self.send_on(node, door, dst, p).is_ok() {
                 sent += 1;
             }
         }
@@ -292,6 +352,82 @@ impl MeshHandle {
             .replayed
             .fetch_add(sent as u64, Ordering::Relaxed);
         sent
+    }
+
+    /// Sends a raw datagram for `node` from local socket `socket`: 0 is the daemon's
+    /// socket, `k` is door `k` of `node` (an error if it is not open).
+    pub fn send_on(
+        &self,
+        node: NodeId,
+        socket: u16,
+        dst: SocketAddr,
+        data: &[u8],
+    ) -> io::Result<()> {
+        if socket == 0 {
+            return self.send_raw(dst, data);
+        }
+        let door = self
+            .doors
+            .socket(&node, socket)
+            .ok_or(io::ErrorKind::NotConnected)?;
+        let t = Transmit {
+            destination: dst,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip: None,
+        };
+        match door.try_send(&t) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Gives the socket a way to open doors (without one, [`MeshHandle::open_doors`]
+    /// fails and the daemon never takes the hard side of many-port probing).
+    pub fn set_door_binder(&self, binder: Arc<dyn DoorBinder>) {
+        self.doors.set_binder(binder);
+    }
+
+    /// Whether doors can be opened.
+    pub fn doors_available(&self) -> bool {
+        self.doors.available()
+    }
+
+    /// Opens doors `1..=count` for a punch with `node` (keeping those already open);
+    /// returns how many are open, numbered from 1 (fewer than asked when the total
+    /// bound [`MAX_DOORS`] or the system's ports run out).
+    pub fn open_doors(&self, node: NodeId, count: u16) -> io::Result<u16> {
+        self.doors.open(node, count)
+    }
+
+    /// Door `k` won `node`'s punch: its QUIC goes through door `k` from now on; the
+    /// other doors close. False if door `k` was not open (then none is).
+    pub fn keep_door(&self, node: NodeId, k: u16) -> bool {
+        self.doors.keep(node, k)
+    }
+
+    /// Closes every door of `node` (its punch ended without one, or its path died).
+    pub fn close_doors(&self, node: &NodeId) {
+        self.doors.close(node);
+    }
+
+    /// Peers that have doors open.
+    pub fn peers_with_doors(&self) -> Vec<NodeId> {
+        self.doors.peers_with_doors()
+    }
+
+    /// Doors open now, over all peers.
+    pub fn doors_open(&self) -> usize {
+        self.doors.total()
+    }
+
+    /// How many doors `node` has open, and the door its path runs through.
+    pub fn doors_of(&self, node: &NodeId) -> (usize, Option<u16>) {
+        self.doors.state(node)
     }
 
     /// Traffic counters.
@@ -350,6 +486,9 @@ impl AsyncUdpSocket for MeshSocket {
             Some((node, Some(Path::Direct(addr)))) => {
                 self.routes.count_traffic(&node);
                 self.handshake_done(node, transmit);
+                if let Some(door) = self.doors.route(&node) {
+                    return self.send_door(door.as_ref(), addr, transmit);
+                }
                 let t = Transmit {
                     destination: addr,
                     ..*transmit

@@ -234,8 +234,15 @@ impl Page {
                 ("way=\"direct_sent\"".into(), load(&st.direct_sent)),
                 ("way=\"relay_sent\"".into(), load(&st.relay_sent)),
                 ("way=\"relay_received\"".into(), load(&st.relay_received)),
+                ("way=\"door_sent\"".into(), load(&st.door_sent)),
+                ("way=\"door_received\"".into(), load(&st.door_received)),
                 ("way=\"dropped\"".into(), load(&st.dropped)),
             ],
+        );
+        self.gauge(
+            "agentmesh_socket_doors_open",
+            "Extra sockets (doors) of many-port probing open now.",
+            s.mesh.doors_open() as u64,
         );
     }
 

@@ -18,7 +18,7 @@ use tracing::debug;
 
 use super::demux::Kind;
 use super::mailbox::{deliver_mail, MailCounters, Mailbox};
-use super::mesh_socket::{Diverted, MeshHandle, MeshSocket, RelayLink};
+use super::mesh_socket::{Diverted, DoorBinder, MeshHandle, MeshSocket, RelayLink};
 use super::metrics::{NetMetrics, PathCounters};
 use super::paths::{PathChange, Paths};
 use super::peer_path::{PathConfig, Tier};
@@ -119,7 +119,8 @@ pub struct MeshNode {
 
 impl MeshNode {
     /// Starts the network on `udp` (driven by `runtime`), serving the router behind
-    /// `router`, whose network outputs arrive on `outputs`.
+    /// `router`, whose network outputs arrive on `outputs`. `doors` opens the extra
+    /// sockets of many-port probing (none: this daemon never takes the hard side).
     pub fn start(
         config: MeshConfig,
         key: SecretKey,
@@ -127,6 +128,7 @@ impl MeshNode {
         outputs: mpsc::UnboundedReceiver<Output>,
         udp: Arc<dyn AsyncUdpSocket>,
         runtime: Arc<dyn quinn::Runtime>,
+        doors: Option<Arc<dyn DoorBinder>>,
     ) -> Result<MeshNode, NetError> {
         let routes = Arc::new(Routes::default());
         let (link, relay_driver): (Arc<dyn RelayLink>, _) = match &config.relay {
@@ -137,6 +139,9 @@ impl MeshNode {
             None => (Arc::new(NoRelay), None),
         };
         let (socket, mesh, diverted) = MeshSocket::new(udp, routes.clone(), link);
+        if let Some(binder) = doors {
+            mesh.set_door_binder(binder);
+        }
         let mut ep_config = EndpointConfig::default();
         ep_config.grease_quic_bit(false);
         let endpoint = Endpoint::new_with_abstract_socket(
@@ -211,10 +216,16 @@ impl MeshNode {
         };
         let (stun_tx, stun_rx) = mpsc::channel(64);
         let publish_tx = rdv_tx.clone();
+        let declared = Mutex::new(None);
         tasks.push(tokio::spawn(reflexive.run(
             stun_rx,
-            move |c| {
+            move |c, kind| {
                 let _ = publish_tx.send(Command::Candidates(c));
+                let mut last = declared.lock().unwrap_or_else(|e| e.into_inner());
+                if *last != Some(kind) {
+                    *last = Some(kind);
+                    let _ = publish_tx.send(Command::Mapping(kind.into()));
+                }
             },
             paths.clone(),
         )));
@@ -421,7 +432,11 @@ async fn dispatch_diverted(
 ) {
     while let Some(d) = diverted.recv().await {
         match d.kind {
-            Kind::Probe => paths.handle_probe(d.src, &d.data),
+            Kind::Probe => paths.handle_probe_on(d.src, d.socket, &d.data),
+            // Relay frames and STUN answers belong to the daemon's socket only.
+            Kind::Relay | Kind::Stun if d.socket != 0 => {
+                debug!(door = d.socket, "non-probe datagram on a door dropped")
+            }
             Kind::Relay => {
                 let _ = relay.try_send((d.src, d.data));
             }

@@ -2,6 +2,12 @@
 //! from the socket, introductions from the rendezvous and timers; its probes go out on
 //! the daemon's socket and its decisions land in the [`Routes`] table that the QUIC
 //! socket reads, so a peer's connection moves between relay and direct on its own.
+//!
+//! Many-port probing: each introduction says how the peer's NAT maps (when the
+//! rendezvous knows), our own STUN round says how ours does, and [`spray_role`] picks
+//! this side's role. On the hard side the driver opens the doors (extra sockets) of the
+//! socket for the attempt, keeps only the winning one once the punch succeeds through
+//! it, and closes them all when the attempt ends or the path dies.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -10,16 +16,16 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use agentmesh_proto::rendezvous::Introduction;
+use agentmesh_proto::rendezvous::{Introduction, NatMapping};
 use agentmesh_proto::{ErrorCode, ErrorObject, NodeId, SecretKey};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, info};
 
 use super::mesh_socket::MeshHandle;
-use super::peer_path::{PathConfig, PathEvent, PeerPath, Tier};
+use super::peer_path::{Doors, PathConfig, PathEvent, PeerPath, Tier};
 use super::peers::PathSetup;
 use super::probe;
-use super::punch::{predicted_ports, CandidateKind};
+use super::punch::{predicted_ports, spray_role, CandidateKind, MappingKind, Spray};
 use super::routes::{Path, Routes};
 
 /// How long a peer without a relay may take to get a direct path before dialing fails.
@@ -84,6 +90,8 @@ struct Table {
     intros_seen: HashSet<u64>,
     relay_tier: Option<Tier>,
     seed: u64,
+    /// How our NAT maps, from the last STUN round.
+    own_mapping: MappingKind,
 }
 
 /// The daemon's path finder.
@@ -132,6 +140,7 @@ impl Paths {
                 peers: HashMap::new(),
                 intros_seen: HashSet::new(),
                 relay_tier,
+                own_mapping: MappingKind::OpenOrUnknown,
                 seed: u64::from_le_bytes(me.as_bytes()[..8].try_into().unwrap_or([7; 8])),
             }),
             wake: Notify::new(),
@@ -197,8 +206,14 @@ impl Paths {
         self.wake.notify_one();
     }
 
-    /// A probe datagram arrived from `src`.
+    /// A probe datagram arrived from `src` on the daemon's socket.
     pub fn handle_probe(&self, src: SocketAddr, datagram: &[u8]) {
+        self.handle_probe_on(src, 0, datagram);
+    }
+
+    /// A probe datagram arrived from `src` on local socket `socket` (0: the daemon's
+    /// socket, `k`: door `k`).
+    pub fn handle_probe_on(&self, src: SocketAddr, socket: u16, datagram: &[u8]) {
         let (node, body) = match probe::decode(&self.key, datagram) {
             Ok(x) => x,
             Err(e) => return debug!(error = %e, "probe dropped"),
@@ -206,13 +221,19 @@ impl Paths {
         self.ensure(node);
         self.routes.note_source(node, src);
         if let Some(e) = self.lock().peers.get_mut(&node) {
-            e.path.handle_probe(now(), src, body);
+            e.path.handle_probe_on(now(), src, socket, body);
         }
         self.wake.notify_one();
     }
 
-    /// The rendezvous introduced us to a peer (signature already checked by the client).
-    pub fn handle_introduction(&self, intro: &Introduction) {
+    /// Our STUN round classified our NAT's mapping (it decides our many-port role).
+    pub fn set_own_mapping(&self, mapping: MappingKind) {
+        self.lock().own_mapping = mapping;
+    }
+
+    /// The rendezvous introduced us to a peer (signature already checked by the client);
+    /// `peer_mapping` is how the peer's NAT maps, if the rendezvous said.
+    pub fn handle_introduction(&self, intro: &Introduction, peer_mapping: Option<NatMapping>) {
         if intro.to != self.me || intro.peer == self.me {
             return;
         }
@@ -222,13 +243,52 @@ impl Paths {
         self.ensure(intro.peer);
         let start = now() + Duration::from_millis(intro.start_in_ms);
         let candidates = candidate_kinds(&intro.peer_candidates);
-        debug!(peer = %intro.peer.short(), ?candidates, "introduction");
+        let spray = self.spray_for(intro, peer_mapping);
+        debug!(peer = %intro.peer.short(), ?candidates, ?spray, "introduction");
         if let Some(e) = self.lock().peers.get_mut(&intro.peer) {
             e.info.punch_attempts += 1;
             let session = punch_session(intro, self.me);
-            e.path.handle_introduction(session, candidates, start);
+            e.path
+                .handle_introduction_with(session, candidates, start, spray);
         }
         self.wake.notify_one();
+    }
+
+    /// This side's many-port role for an introduction; as the hard side, the doors are
+    /// opened here (before the punch starts), as many as the system gives.
+    fn spray_for(&self, intro: &Introduction, peer_mapping: Option<NatMapping>) -> Spray {
+        let Some(peer) = peer_mapping else {
+            return Spray::Off;
+        };
+        let own = {
+            let t = self.lock();
+            if t.peers
+                .get(&intro.peer)
+                .is_some_and(|e| e.info.tier.is_direct())
+            {
+                return Spray::Off; // the introduction will be ignored
+            }
+            t.own_mapping
+        };
+        let peer_ip = intro
+            .peer_candidates
+            .iter()
+            .find(|a| !is_private(a.ip()))
+            .map(|a| a.ip());
+        match spray_role(own, peer.into(), peer_ip, &self.config.punch.spray) {
+            Spray::Doors { sockets } => match self.mesh.open_doors(intro.peer, sockets) {
+                Ok(opened) if opened > 0 => {
+                    debug!(peer = %intro.peer.short(), doors = opened, "doors opened");
+                    Spray::Doors { sockets: opened }
+                }
+                Ok(_) => Spray::Off,
+                Err(e) => {
+                    debug!(error = %e, "no doors: plain punch");
+                    Spray::Off
+                }
+            },
+            other => other,
+        }
     }
 
     /// Our addresses changed: every direct path may be gone.
@@ -264,11 +324,13 @@ impl Paths {
     /// Runs due timers, sends probes, applies events; returns the next deadline.
     fn flush(&self) -> Option<Instant> {
         let t = now();
+        let with_doors = self.mesh.peers_with_doors();
         let mut table = self.lock();
         let mut next: Option<Instant> = None;
         let mut sends = Vec::new();
         let mut changes = Vec::new();
         let mut intros = Vec::new();
+        let mut doors = Vec::new();
         for (node, e) in table.peers.iter_mut() {
             let traffic = self.routes.traffic(node);
             if traffic.saturating_sub(e.traffic_seen) > KEEPALIVE_PACKETS {
@@ -318,6 +380,14 @@ impl Paths {
             if let Some(at) = e.path.poll_timeout() {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
+            if with_doors.contains(node) {
+                doors.push((*node, e.path.doors()));
+            }
+        }
+        for node in &with_doors {
+            if !table.peers.contains_key(node) {
+                doors.push((*node, Doors::None));
+            }
         }
         if !table.peers.is_empty() {
             let check = t + TRAFFIC_CHECK;
@@ -325,10 +395,15 @@ impl Paths {
         }
         let relay = table.relay_tier.is_some();
         drop(table);
+        // Doors first: a path that turned direct through door k must find its QUIC
+        // routed through k when the route below changes.
+        for (node, want) in doors {
+            self.apply_doors(node, want);
+        }
         for (node, tx) in sends {
             match probe::encode(&self.key, node, &tx.body) {
                 Ok(bytes) => {
-                    let _ = self.mesh.send_raw(tx.dst, &bytes);
+                    let _ = self.mesh.send_on(node, tx.socket, tx.dst, &bytes);
                 }
                 Err(e) => debug!(error = %e, "probe not sealed"),
             }
@@ -350,6 +425,26 @@ impl Paths {
             let _ = self.introduce.send(node);
         }
         next
+    }
+}
+
+impl Paths {
+    /// Brings `node`'s doors to what its path needs now.
+    fn apply_doors(&self, node: NodeId, want: Doors) {
+        let (open, kept) = self.mesh.doors_of(&node);
+        match want {
+            Doors::Open(_) => {}
+            Doors::Keep(k) if kept == Some(k) && open == 1 => {}
+            Doors::Keep(k) => {
+                if self.mesh.keep_door(node, k) {
+                    debug!(peer = %node.short(), door = k, closed = open - 1, "door kept");
+                }
+            }
+            Doors::None => {
+                self.mesh.close_doors(&node);
+                debug!(peer = %node.short(), closed = open, "doors closed");
+            }
+        }
     }
 }
 
@@ -399,6 +494,7 @@ impl PathSetup for Paths {
         if relay {
             self.routes.set_path(node, Path::Relay);
         }
+        self.mesh.close_doors(&node);
         debug!(peer = %node.short(), "peer daemon left: its path starts over");
     }
 }
@@ -487,6 +583,84 @@ fn is_private(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::mesh_socket::{MeshSocket, RelayLink, UdpDoors};
+    use agentmesh_proto::rendezvous::NatMapping;
+
+    #[derive(Debug)]
+    struct NoRelay;
+
+    impl RelayLink for NoRelay {
+        fn send(&self, _: NodeId, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn intro(id: u64, to: NodeId, peer: NodeId, candidate: SocketAddr) -> Introduction {
+        Introduction {
+            id,
+            to,
+            peer,
+            initiator: true,
+            peer_candidates: vec![candidate],
+            peer_home_relay: None,
+            start_at_unix_ms: 1_000 + id,
+            start_in_ms: 100,
+            expires_unix_ms: u64::MAX,
+        }
+    }
+
+    /// The hard side of many-port probing opens its doors for the attempt and closes
+    /// every one when the attempt gives up; without the peer's mapping (an older
+    /// rendezvous) there are none.
+    #[tokio::test]
+    async fn doors_live_as_long_as_the_hard_side_attempt() {
+        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        std_sock.set_nonblocking(true).unwrap();
+        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std_sock).unwrap();
+        let routes = Arc::new(Routes::default());
+        let (_socket, mesh, _diverted) = MeshSocket::new(inner, routes.clone(), Arc::new(NoRelay));
+        mesh.set_door_binder(Arc::new(UdpDoors::new(
+            "127.0.0.1".parse().unwrap(),
+            Arc::new(quinn::TokioRuntime),
+        )));
+        let key = SecretKey::from_bytes(&[1; 32]);
+        let me = key.node_id();
+        let peer = SecretKey::from_bytes(&[2; 32]).node_id();
+        let old = SecretKey::from_bytes(&[3; 32]).node_id();
+        let mut config = PathConfig::default();
+        config.punch.spray.sockets = 8;
+        config.punch.give_up_after = Duration::from_millis(600);
+        let (paths, _intros, _changes) =
+            Paths::new(key, routes, mesh.clone(), config, Some(Tier::RelayUdp));
+        paths.set_own_mapping(MappingKind::Random);
+        // A peer that never answers (loopback: nothing leaves the host).
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let silent = silent.local_addr().unwrap();
+        paths.handle_introduction(&intro(1, me, old, silent), None);
+        assert_eq!(mesh.doors_of(&old), (0, None), "no mapping, no doors");
+        paths.handle_introduction(&intro(2, me, peer, silent), Some(NatMapping::Random));
+        assert_eq!(
+            mesh.doors_of(&peer),
+            (0, None),
+            "two random sides: no spray"
+        );
+        paths.handle_introduction(
+            &intro(3, me, peer, silent),
+            Some(NatMapping::EndpointIndependent),
+        );
+        assert_eq!(mesh.doors_of(&peer), (8, None));
+        let run = tokio::spawn(paths.clone().run());
+        // The punch gives up 0.6 s after its start (0.1 s from now); the doors go with it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(mesh.doors_open(), 8, "open while the attempt runs");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while mesh.doors_open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(mesh.doors_open(), 0, "all closed once it gave up");
+        assert!(!paths.info().iter().any(|p| p.tier.is_direct()));
+        run.abort();
+    }
 
     #[test]
     fn candidate_kinds_are_inferred() {

@@ -110,6 +110,17 @@ impl Default for PathConfig {
     }
 }
 
+/// Which doors (extra local sockets) a path needs, see [`PeerPath::doors`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doors {
+    /// None: close any that are open.
+    None,
+    /// Doors `1..=n`, for a punch as the hard side.
+    Open(u16),
+    /// Only door `k`: the direct path runs from it.
+    Keep(u16),
+}
+
 /// Something the daemon must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathEvent {
@@ -188,6 +199,29 @@ impl PeerPath {
         match &self.state {
             State::Direct { tier, .. } => *tier,
             _ => self.relay_tier,
+        }
+    }
+
+    /// The local socket of the current route: 0 (the daemon's socket) unless the path
+    /// runs from door `k` of many-port probing.
+    pub fn socket(&self) -> u16 {
+        match &self.state {
+            State::Direct { socket, .. } => *socket,
+            _ => 0,
+        }
+    }
+
+    /// The doors (extra sockets) this path needs now: `1..=n` while punching as the hard
+    /// side of many-port probing, the winning one while its direct path runs from it,
+    /// none otherwise.
+    pub fn doors(&self) -> Doors {
+        match &self.state {
+            State::Punching { punch } => match punch.spray() {
+                Spray::Doors { sockets } => Doors::Open(sockets),
+                _ => Doors::None,
+            },
+            State::Direct { socket, .. } if *socket != 0 => Doors::Keep(*socket),
+            _ => Doors::None,
         }
     }
 

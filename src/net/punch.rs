@@ -187,6 +187,11 @@ impl Punch {
         self
     }
 
+    /// Its many-port role.
+    pub fn spray(&self) -> Spray {
+        self.spray
+    }
+
     /// The introduction this punch belongs to.
     pub fn session(&self) -> u64 {
         self.session

@@ -1,6 +1,7 @@
 //! The daemon's own addresses: its interface addresses and, with STUN through its one
 //! socket, its public mappings as two or more observers see them. From these come the
-//! NAT class shown in `status` and the candidates given to the rendezvous. STUN runs at
+//! NAT class shown in `status`, the candidates given to the rendezvous and the mapping
+//! kind (for many-port probing) given to the path finder and the rendezvous. STUN runs at
 //! start and then periodically; a changed public mapping means the network changed
 //! (NAT reboot, new uplink), so direct paths are re-punched.
 
@@ -13,7 +14,7 @@ use tracing::{debug, info};
 
 use super::mesh_socket::MeshHandle;
 use super::paths::{now, Paths};
-use super::punch::CandidateKind;
+use super::punch::{mapping_kind, CandidateKind, MappingKind};
 use super::stun::{MappingObservation, StunProbe};
 
 /// How many ports after the last one seen are offered for a sequential symmetric NAT
@@ -70,12 +71,13 @@ impl Reflexive {
         self.view.clone()
     }
 
-    /// Runs rounds forever; STUN answers arrive on `answers`; new candidate lists go to
-    /// `publish`; a changed mapping tells `paths`.
+    /// Runs rounds forever; STUN answers arrive on `answers`; new candidate lists and
+    /// the mapping kind go to `publish` (and the kind to `paths`); a changed mapping
+    /// tells `paths`.
     pub async fn run(
         self,
         mut answers: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
-        publish: impl Fn(Vec<SocketAddr>) + Send + 'static,
+        publish: impl Fn(Vec<SocketAddr>, MappingKind) + Send + 'static,
         paths: Arc<Paths>,
     ) {
         let mut seed = 1u64;
@@ -89,13 +91,17 @@ impl Reflexive {
                     && !mappings.is_empty()
                     && v.mappings.first().map(|m| m.1) != mappings.first().map(|m| m.1);
                 v.local = local;
-                v.nat = nat_name(local, &mappings);
+                v.nat = nat_name(local.map(|l| concrete_local(l, &mappings)), &mappings);
                 v.mappings = mappings.clone();
                 v.candidates = candidates(local, &mappings, v.upnp);
                 (changed, v.candidates.clone())
             };
-            info!(candidates = candidates.len(), "own addresses probed");
-            publish(candidates.iter().map(|c| c.0).collect());
+            let kind = local.map_or(MappingKind::OpenOrUnknown, |l| {
+                mapping_kind(concrete_local(l, &mappings), &mappings)
+            });
+            info!(candidates = candidates.len(), mapping = ?kind, "own addresses probed");
+            paths.set_own_mapping(kind);
+            publish(candidates.iter().map(|c| c.0).collect(), kind);
             if changed {
                 info!("public mapping changed: re-punching direct paths");
                 paths.network_changed();
@@ -132,6 +138,21 @@ impl Reflexive {
         debug!(answers = probe.answers().len(), "STUN round done");
         probe.answers()
     }
+}
+
+/// The socket's local address with a concrete IP, for telling "no NAT" from a NAT that
+/// keeps the port: a socket bound to the unspecified address is at the public IP STUN
+/// saw if that IP is one of the interfaces', else at its first other interface address.
+fn concrete_local(local: SocketAddr, mappings: &[(SocketAddr, SocketAddr)]) -> SocketAddr {
+    if !local.ip().is_unspecified() {
+        return local;
+    }
+    let ips = interface_ips(local.ip());
+    let ip = match mappings.first() {
+        Some((_, m)) if ips.contains(&m.ip()) => Some(m.ip()),
+        _ => ips.into_iter().find(|ip| !ip.is_loopback()),
+    };
+    ip.map_or(local, |ip| SocketAddr::new(ip, local.port()))
 }
 
 fn nat_name(local: Option<SocketAddr>, mappings: &[(SocketAddr, SocketAddr)]) -> String {
@@ -192,4 +213,49 @@ fn interface_ips(bound: IpAddr) -> Vec<IpAddr> {
     // Loopback last: it only helps two daemons on one host.
     ips.sort_by_key(|ip| ip.is_loopback());
     ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::punch::mapping_kind;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_wildcard_socket_behind_a_port_keeping_nat_is_not_taken_for_no_nat() {
+        let observers = (a("203.0.113.10:3478"), a("198.51.100.10:3478"));
+        let wildcard = a("0.0.0.0:7000");
+        // The public IP is one of ours: no NAT.
+        let open = [
+            (observers.0, a("127.0.0.1:7000")),
+            (observers.1, a("127.0.0.1:7000")),
+        ];
+        assert_eq!(concrete_local(wildcard, &open), a("127.0.0.1:7000"));
+        assert_eq!(
+            mapping_kind(concrete_local(wildcard, &open), &open),
+            MappingKind::OpenOrUnknown
+        );
+        // A NAT that kept port 7000 on another IP: endpoint-independent, not "no NAT"
+        // (the unspecified address alone matched any IP with the same port).
+        let natted = [
+            (observers.0, a("203.0.113.13:7000")),
+            (observers.1, a("203.0.113.13:7000")),
+        ];
+        let local = concrete_local(wildcard, &natted);
+        if !local.ip().is_unspecified() {
+            assert_ne!(local.ip(), a("203.0.113.13:7000").ip());
+            assert_eq!(
+                mapping_kind(local, &natted),
+                MappingKind::EndpointIndependent
+            );
+        }
+        // A concrete local address is kept as it is.
+        assert_eq!(
+            concrete_local(a("10.0.0.2:7000"), &natted),
+            a("10.0.0.2:7000")
+        );
+    }
 }

@@ -4,7 +4,10 @@
 //! candidate updates and introduction requests; pushes introductions to the path
 //! finder and the tenant's subscription index to the router.
 //!
-//! It mirrors what it announced (agents, patterns, candidates), so after a reconnect
+//! It also declares how our NAT maps (from our STUN round), so introductions carry the
+//! peer's mapping and each side can pick its many-port role.
+//!
+//! It mirrors what it announced (agents, patterns, candidates, mapping), so after a reconnect
 //! the rendezvous learns everything again. While it is down, lookups fail at once with
 //! `DEPENDENCY_FAILED`; sessions with peers are not affected.
 
@@ -12,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use agentmesh_proto::rendezvous::RvErrorCode;
+use agentmesh_proto::rendezvous::{NatMapping, RvErrorCode};
 use agentmesh_proto::{AgentId, ErrorCode, ErrorObject, Manifest, NodeId, SecretKey};
 use agentmesh_rendezvous::client::{Client, ClientError, Event, Join, Target};
 use indexmap::IndexMap;
@@ -62,6 +65,8 @@ pub enum Command {
     Introduce(NodeId),
     /// Our candidate addresses changed.
     Candidates(Vec<SocketAddr>),
+    /// Our NAT's mapping kind changed (or was measured for the first time).
+    Mapping(NatMapping),
 }
 
 #[derive(Default)]
@@ -69,6 +74,7 @@ struct Mirror {
     agents: IndexMap<AgentId, Manifest>,
     patterns: Vec<String>,
     candidates: Vec<SocketAddr>,
+    mapping: NatMapping,
     home_relay: Option<String>,
     client: Option<Arc<Client>>,
     connected_once: bool,
@@ -192,6 +198,9 @@ impl RendezvousLink {
             let mut m = self.lock();
             m.client = Some(client.clone());
             m.connected_once = true;
+            // Declared even while unknown: it asks for introductions with mappings. Not
+            // awaited: a rendezvous older than the message never answers it by number.
+            spawn_mapping(client.clone(), m.mapping);
             (
                 m.agents.values().cloned().collect::<Vec<_>>(),
                 m.patterns.clone(),
@@ -247,7 +256,10 @@ impl RendezvousLink {
 
     fn on_event(&self, ev: Event) {
         match ev {
-            Event::Introduction(signed) => self.paths.handle_introduction(&signed.intro),
+            Event::Introduction(signed) => self.paths.handle_introduction(&signed.intro, None),
+            Event::MappedIntroduction(signed, mapping) => {
+                self.paths.handle_introduction(&signed.intro, Some(mapping))
+            }
             Event::Subscriptions(entries) => self.router.apply(|r, _| {
                 r.set_remote_subscriptions(entries);
                 Vec::new()
@@ -269,6 +281,7 @@ impl RendezvousLink {
                 }
                 Command::Announce(Announce::Patterns(p)) => m.patterns = p.clone(),
                 Command::Candidates(c) => m.candidates = c.clone(),
+                Command::Mapping(k) => m.mapping = *k,
                 Command::Lookup(_) | Command::Introduce(_) => {}
             }
             m.client.clone()
@@ -322,6 +335,7 @@ impl RendezvousLink {
                     }
                 });
             }
+            Command::Mapping(k) => spawn_mapping(client, k),
             Command::Candidates(c) => {
                 let home = self.lock().home_relay.clone();
                 tokio::spawn(async move {
@@ -371,6 +385,15 @@ impl RendezvousLink {
     fn unreachable_error(&self, why: &str) -> ErrorObject {
         fail_msg(self.config.addr, why)
     }
+}
+
+/// Declares our mapping kind in the background.
+fn spawn_mapping(client: Arc<Client>, mapping: NatMapping) {
+    tokio::spawn(async move {
+        if let Err(e) = client.update_mapping(mapping).await {
+            debug!(error = %e, "mapping kind not declared");
+        }
+    });
 }
 
 fn fail_msg(addr: SocketAddr, why: &str) -> ErrorObject {

@@ -27,7 +27,7 @@ use netsim::Preset;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::punch_matrix::expected_daemon as expected;
+use crate::punch_matrix::{expected_daemon as expected, expected_tier};
 
 const RV_PORT: u16 = 4433;
 const RV_STUN_ALT: u16 = 3479;
@@ -402,6 +402,11 @@ fn judge(sites: &[Site], runs: &BTreeMap<(usize, usize), PairRun>) -> (String, V
             wrong.push(format!(
                 "{name}: b sees {:?}, expected {want_s} ({why})",
                 run.b_view
+            ));
+        } else if let Some(t) = expected_tier(pa, pb).filter(|t| run.a_view.1 != *t) {
+            wrong.push(format!(
+                "{name}: a sees {:?}, expected the tier {t}",
+                run.a_view
             ));
         } else if let Some(v) = blocked_view(pa, pb, run) {
             if v.1 != "relay-tcp" {

@@ -19,7 +19,7 @@ use agentmesh::simworld::{SiteSpec, World};
 use netsim::Preset;
 use serde_json::{json, Value};
 
-use crate::punch_matrix::expected_daemon as expected;
+use crate::punch_matrix::{expected_daemon as expected, expected_tier};
 
 /// (caller daemon, callee daemon), indices into the world's daemons.
 type Job = (usize, usize);
@@ -57,6 +57,7 @@ fn sites() -> Vec<SiteSpec> {
 struct Cell {
     pair: String,
     want_direct: bool,
+    want_tier: Option<&'static str>,
     why: &'static str,
     path: String,
     tier: String,
@@ -77,6 +78,15 @@ async fn relay_up(socket: &std::path::Path) -> bool {
     };
     let st = c.call("status", json!({})).await.unwrap_or_default();
     st["net"]["relay"]["connected"] == json!(true)
+}
+
+/// How many extra sockets (doors) the daemon at `socket` has open.
+async fn doors_open(socket: &std::path::Path) -> u64 {
+    let Ok(mut c) = Client::connect(socket).await else {
+        return 0;
+    };
+    let st = c.call("status", json!({})).await.unwrap_or_default();
+    st["net"]["socket"]["doors_open"].as_u64().unwrap_or(0)
 }
 
 async fn agent_id(c: &mut Client, site: &str) -> Value {
@@ -176,6 +186,7 @@ async fn run_pair(world: &World, a: usize, b: usize) -> Cell {
     Cell {
         pair: format!("{} x {}", da.preset, db.preset),
         want_direct,
+        want_tier: expected_tier(da.preset, db.preset),
         why,
         path,
         tier,
@@ -276,6 +287,12 @@ async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possib
                 .map_or("-".into(), |d| format!("{:.1}", in_rtts(d))),
             if c.callee_relay_up { "up" } else { "down" },
         ));
+        if let Some(tier) = c.want_tier.filter(|t| got_direct && *t != c.tier) {
+            wrong.push(format!(
+                "{}: direct, but on {} instead of {tier}",
+                c.pair, c.tier
+            ));
+        }
         if got_direct != c.want_direct {
             wrong.push(format!(
                 "{}: expected {} ({})",
@@ -286,6 +303,23 @@ async fn every_preset_pair_of_full_daemons_connects_and_goes_direct_where_possib
         }
     }
     eprintln!("{grid}");
+
+    // Bounded resources: each many-port path keeps exactly one door on its hard side;
+    // every other door (losers, and attempts that ended) is closed.
+    let many_port = cells
+        .iter()
+        .filter(|c| c.tier == "direct-many-port")
+        .count() as u64;
+    let mut doors = 0;
+    for d in &world.daemons {
+        doors += doors_open(&d.socket).await;
+    }
+    eprintln!("doors open after the matrix: {doors} (many-port paths: {many_port})");
+    if doors != many_port {
+        wrong.push(format!(
+            "{doors} doors open for {many_port} many-port paths (one each expected)"
+        ));
+    }
 
     // Fault: the relay goes away while direct paths carry the sessions; nothing notices.
     world.stop_relay().await;

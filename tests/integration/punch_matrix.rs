@@ -65,17 +65,37 @@ pub(crate) fn expected(a: Preset, b: Preset) -> (bool, &'static str) {
     }
 }
 
-/// What the full daemon (and the one-socket harnesses: the netns matrices) achieves
-/// today: the oracle, except many-port probing, which the daemon does not do yet (it has
-/// one UDP socket; the extra sockets of the hard side are not wired into its QUIC socket).
+/// What the full daemon achieves (in netsim and on real NAT in the netns matrices): the
+/// oracle, many-port probing included. The daemon opens the hard side's extra sockets
+/// (doors) next to its one socket and carries the winning peer's QUIC on the door that
+/// won, so random-symmetric x port-restricted goes direct, on the tier
+/// [`expected_tier`] names.
 pub(crate) fn expected_daemon(a: Preset, b: Preset) -> (bool, &'static str) {
+    expected(a, b)
+}
+
+/// What a harness with one UDP socket per side achieves (`punch_matrix_netns`, which
+/// drives `PeerPath` over one real socket): the oracle, less many-port probing, which
+/// needs the hard side's extra sockets.
+pub(crate) fn expected_one_socket(a: Preset, b: Preset) -> (bool, &'static str) {
     use Preset::*;
     match (a, b) {
         (Symmetric, PortRestrictedCone) | (PortRestrictedCone, Symmetric) => (
             false,
-            "needs many-port probing, which the daemon does not do yet (one UDP socket)",
+            "needs many-port probing: this harness has one UDP socket per side",
         ),
         _ => expected(a, b),
+    }
+}
+
+/// The tier a pair's direct path must have, where only one mechanism can give it.
+pub(crate) fn expected_tier(a: Preset, b: Preset) -> Option<&'static str> {
+    use Preset::*;
+    match (a, b) {
+        (Symmetric, PortRestrictedCone) | (PortRestrictedCone, Symmetric) => {
+            Some("direct-many-port")
+        }
+        _ => None,
     }
 }
 

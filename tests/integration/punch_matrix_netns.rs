@@ -2,7 +2,7 @@
 //! site per preset twice (nftables rules per preset, real coturn on two addresses), and
 //! for every pair two hosts run the daemon's real STUN prober, sealed probes and
 //! `PeerPath` over real UDP sockets inside their namespaces. Judged by the same oracle as
-//! the netsim matrix, less many-port probing (`punch_matrix::expected_daemon`).
+//! the netsim matrix, less many-port probing (`punch_matrix::expected_one_socket`).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use agentmesh_proto::SecretKey;
 use netsim::netns::{self, coturn, Lab, Tool};
 use netsim::Preset;
 
-use crate::punch_matrix::expected_daemon as expected;
+use crate::punch_matrix::expected_one_socket as expected;
 
 /// When a side's path became direct, and how.
 type Reached = Option<(Instant, Tier)>;

@@ -112,6 +112,30 @@ pub enum ClientMsg {
         /// Request number.
         req: u64,
     },
+    /// Tells how this node's NAT maps (its own STUN round); answered by `Ok`. A node
+    /// that sent it gets its introductions as [`ServerMsg::MappedIntroduction`] (with
+    /// the peer's mapping), so each side can choose its many-port role. Added after
+    /// version 1: an older rendezvous answers `MalformedFrame` and the session goes on.
+    UpdateMapping {
+        /// Request number.
+        req: u64,
+        /// How the node's NAT maps.
+        mapping: NatMapping,
+    },
+}
+
+/// How a node's NAT maps its UDP socket, as the node's own STUN round shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum NatMapping {
+    /// No NAT, or not known (too few STUN answers).
+    #[default]
+    NoneOrUnknown,
+    /// One public port for every destination.
+    EndpointIndependent,
+    /// A new port per destination, in sequence.
+    Sequential,
+    /// A new random port per destination.
+    Random,
 }
 
 /// A message from the rendezvous to a daemon.
@@ -172,6 +196,16 @@ pub enum ServerMsg {
     Pong {
         /// Request number.
         req: u64,
+    },
+    /// An introduction with the peer's NAT mapping, sent instead of `Introduction` to
+    /// nodes that declared their own mapping (`UpdateMapping`, so they read this
+    /// variant). The mapping rides on the authenticated session but outside the
+    /// signature: it only chooses the many-port role of the punch.
+    MappedIntroduction {
+        /// The introduction.
+        intro: SignedIntroduction,
+        /// How the peer's NAT maps (`NoneOrUnknown` if the peer never said).
+        peer_mapping: NatMapping,
     },
 }
 
@@ -399,6 +433,10 @@ mod tests {
                 target: node(2),
             },
             ClientMsg::Ping { req: 7 },
+            ClientMsg::UpdateMapping {
+                req: 8,
+                mapping: NatMapping::Random,
+            },
         ];
         for msg in &msgs {
             round_trip(msg);
@@ -443,6 +481,7 @@ mod tests {
                 ServerMsg::Subscriptions { entries: vec![(node(seed), pats.clone())] },
                 ServerMsg::Introduction(intro(seed, port).sign(&SecretKey::from_bytes(&[1; 32]))),
                 ServerMsg::Pong { req },
+                ServerMsg::MappedIntroduction { intro: intro(seed, port).sign(&SecretKey::from_bytes(&[1; 32])), peer_mapping: NatMapping::EndpointIndependent },
             ];
             for m in &msgs {
                 round_trip(m);

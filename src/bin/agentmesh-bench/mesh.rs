@@ -158,6 +158,7 @@ pub(crate) async fn run_daemon(
     let binding = NetBinding {
         udp,
         runtime: Arc::new(TokioRuntime),
+        doors: None,
         mesh: mesh_config(config, true).await?,
     };
     let (tx, rx) = oneshot::channel::<()>();

@@ -293,3 +293,108 @@ async fn a_handshake_the_relay_lost_completes_as_soon_as_the_path_is_direct() {
     // Nothing is left to replay once the handshake is over.
     assert_eq!(a.handle.replay_handshake(nb, b.real), 0);
 }
+
+/// Waits for the next diverted datagram.
+#[track_caller]
+fn next_diverted(side: &mut Side) -> impl std::future::Future<Output = Diverted> + '_ {
+    let at = std::panic::Location::caller();
+    async move {
+        tokio::time::timeout(Duration::from_secs(5), side.diverted.recv())
+            .await
+            .unwrap_or_else(|_| panic!("nothing diverted ({at})"))
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_peer_routed_through_a_door_talks_through_it_and_doors_close() {
+    let mut a = side(5);
+    let mut b = side(6);
+    *a.relay.to.lock().unwrap() = Some(b.handle.clone());
+    *b.relay.to.lock().unwrap() = Some(a.handle.clone());
+    let (na, nb) = (a.key.node_id(), b.key.node_id());
+    a.routes.set_path(nb, Path::Relay);
+    b.routes.set_path(na, Path::Relay);
+    let accept = spawn_echo_server(b.endpoint.clone());
+    let conn = connect(&a, nb).await;
+    assert_eq!(echo_once(&conn, b"relayed").await, b"relayed");
+
+    // Without a binder there are no doors.
+    assert!(!a.handle.doors_available());
+    assert!(a.handle.open_doors(nb, 4).is_err());
+    a.handle.set_door_binder(Arc::new(UdpDoors::new(
+        "127.0.0.1".parse().unwrap(),
+        Arc::new(TokioRuntime),
+    )));
+    assert_eq!(a.handle.open_doors(nb, 4).unwrap(), 4);
+    assert_eq!(a.handle.doors_of(&nb), (4, None));
+    assert_eq!(a.handle.doors_open(), 4);
+    assert_eq!(a.handle.peers_with_doors(), vec![nb]);
+
+    // A probe from door 3 reaches B from door 3's own port; B's answer to that port
+    // is diverted on A tagged with door 3.
+    let probe = [0xA7, b'A', b'M', b'P', 9, 9];
+    // A new socket is writable once the reactor has seen it (a send before that is
+    // dropped like any send on a full socket; punches ping again).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.handle.send_on(nb, 3, b.real, &probe).unwrap();
+    let d = next_diverted(&mut b).await;
+    assert_eq!((d.kind, d.socket), (Kind::Probe, 0));
+    let door3 = d.src;
+    assert_ne!(door3, a.real, "door 3 is its own socket");
+    b.handle.send_raw(door3, &probe).unwrap();
+    let d = next_diverted(&mut a).await;
+    assert_eq!((d.kind, d.socket, d.src), (Kind::Probe, 3, b.real));
+
+    // Door 3 wins: the other doors close and B's QUIC goes through door 3 both ways.
+    assert!(a.handle.keep_door(nb, 3));
+    assert_eq!(a.handle.doors_of(&nb), (1, Some(3)));
+    assert_eq!(a.handle.doors_open(), 1, "the losing doors closed");
+    assert!(a.handle.send_on(nb, 1, b.real, &probe).is_err());
+    a.routes.set_path(nb, Path::Direct(b.real));
+    b.routes.set_path(na, Path::Direct(door3));
+    let relayed = (
+        a.relay.packets.load(Ordering::Relaxed),
+        b.relay.packets.load(Ordering::Relaxed),
+    );
+    for i in 0..10 {
+        let msg = format!("through door 3: {i}");
+        assert_eq!(echo_once(&conn, msg.as_bytes()).await, msg.as_bytes());
+    }
+    let stats = a.handle.stats();
+    assert!(stats.door_sent.load(Ordering::Relaxed) >= 10);
+    assert!(stats.door_received.load(Ordering::Relaxed) >= 10);
+    assert_eq!(
+        stats.direct_sent.load(Ordering::Relaxed),
+        0,
+        "not the main socket"
+    );
+    assert_eq!(
+        relayed,
+        (
+            a.relay.packets.load(Ordering::Relaxed),
+            b.relay.packets.load(Ordering::Relaxed),
+        ),
+        "nothing more through the relay"
+    );
+    assert!(conn.close_reason().is_none());
+
+    conn.close(0u32.into(), b"done");
+    assert_eq!(accept.await.unwrap(), na);
+
+    // The attempt is over: every door closes and its port is free again.
+    a.handle.close_doors(&nb);
+    assert_eq!(a.handle.doors_of(&nb), (0, None));
+    assert_eq!(a.handle.doors_open(), 0);
+    assert!(a.handle.peers_with_doors().is_empty());
+    assert!(a.handle.send_on(nb, 3, b.real, &probe).is_err());
+    let mut freed = false;
+    for _ in 0..50 {
+        if std::net::UdpSocket::bind(door3).is_ok() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "door 3's socket was closed");
+}

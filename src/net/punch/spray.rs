@@ -107,3 +107,27 @@ pub fn spray_role(
         _ => Spray::Off,
     }
 }
+
+impl From<MappingKind> for agentmesh_proto::rendezvous::NatMapping {
+    fn from(kind: MappingKind) -> Self {
+        use agentmesh_proto::rendezvous::NatMapping;
+        match kind {
+            MappingKind::OpenOrUnknown => NatMapping::NoneOrUnknown,
+            MappingKind::EndpointIndependent => NatMapping::EndpointIndependent,
+            MappingKind::Sequential => NatMapping::Sequential,
+            MappingKind::Random => NatMapping::Random,
+        }
+    }
+}
+
+impl From<agentmesh_proto::rendezvous::NatMapping> for MappingKind {
+    fn from(mapping: agentmesh_proto::rendezvous::NatMapping) -> Self {
+        use agentmesh_proto::rendezvous::NatMapping;
+        match mapping {
+            NatMapping::NoneOrUnknown => MappingKind::OpenOrUnknown,
+            NatMapping::EndpointIndependent => MappingKind::EndpointIndependent,
+            NatMapping::Sequential => MappingKind::Sequential,
+            NatMapping::Random => MappingKind::Random,
+        }
+    }
+}

@@ -46,7 +46,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentmesh_proto::frame::{encode, FrameError, DEFAULT_MAX_FRAME};
-use agentmesh_proto::rendezvous::{AgentRecord, ClientMsg, RvError, ServerMsg, SignedIntroduction};
+use agentmesh_proto::rendezvous::{
+    AgentRecord, ClientMsg, NatMapping, RvError, ServerMsg, SignedIntroduction,
+};
 use agentmesh_proto::{AgentId, Availability, DiscoverQuery, Manifest, NodeId, SecretKey};
 use agentmesh_tlsid as tlsid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,6 +110,9 @@ pub enum ClientError {
 pub enum Event {
     /// An introduction (signature already verified against the pinned id).
     Introduction(SignedIntroduction),
+    /// An introduction with the peer's NAT mapping (to a client that sent
+    /// [`Client::update_mapping`]); signature verified as for `Introduction`.
+    MappedIntroduction(SignedIntroduction, NatMapping),
     /// The tenant's subscription index.
     Subscriptions(Vec<(NodeId, Vec<String>)>),
     /// An error not tied to a request (e.g. a malformed frame was reported).
@@ -293,6 +298,14 @@ impl Client {
         .await
     }
 
+    /// Declares how this node's NAT maps; introductions then arrive as
+    /// [`Event::MappedIntroduction`]. A rendezvous older than this message refuses it
+    /// (`MalformedFrame`) and keeps sending plain introductions.
+    pub async fn update_mapping(&self, mapping: NatMapping) -> Result<(), ClientError> {
+        self.ok(|req| ClientMsg::UpdateMapping { req, mapping })
+            .await
+    }
+
     /// Asks to be introduced to `target`; this side's introduction arrives as an
     /// [`Event::Introduction`].
     pub async fn introduce(&self, target: NodeId) -> Result<(), ClientError> {
@@ -340,7 +353,13 @@ async fn read_loop(
             }
             let event = match msg {
                 ServerMsg::Introduction(i) if i.verify(&server).is_ok() => Event::Introduction(i),
-                ServerMsg::Introduction(_) => {
+                ServerMsg::MappedIntroduction {
+                    intro,
+                    peer_mapping,
+                } if intro.verify(&server).is_ok() => {
+                    Event::MappedIntroduction(intro, peer_mapping)
+                }
+                ServerMsg::Introduction(_) | ServerMsg::MappedIntroduction { .. } => {
                     tracing::warn!("dropping an introduction with a bad signature");
                     continue;
                 }

@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use agentmesh_proto::rendezvous::{Introduction, RvError, RvErrorCode, ServerMsg, MAX_PATTERNS};
+use agentmesh_proto::rendezvous::{
+    Introduction, NatMapping, RvError, RvErrorCode, ServerMsg, SignedIntroduction, MAX_PATTERNS,
+};
 use agentmesh_proto::{NodeId, SubjectPattern};
 use rand::RngCore;
 
@@ -31,6 +33,22 @@ fn candidates_of(n: &NodeState) -> Vec<SocketAddr> {
         }
     }
     out
+}
+
+/// The introduction message for a node: with the peer's NAT mapping if the node declared
+/// its own (so it reads `MappedIntroduction`), else the plain version-1 `Introduction`.
+fn intro_msg(
+    intro: SignedIntroduction,
+    own: Option<NatMapping>,
+    peer: Option<NatMapping>,
+) -> ServerMsg {
+    match own {
+        Some(_) => ServerMsg::MappedIntroduction {
+            intro,
+            peer_mapping: peer.unwrap_or_default(),
+        },
+        None => ServerMsg::Introduction(intro),
+    }
 }
 
 impl Server {
@@ -121,17 +139,19 @@ impl Server {
             .ok_or_else(unknown)?;
         let b_conn = b.conn.ok_or_else(unknown)?;
         let (for_a, for_b) = self.plan(ctx.now, ids, (ctx.node, a), (target, b));
+        let msg_a = intro_msg(for_a.sign(&self.key), a.mapping, b.mapping);
+        let msg_b = intro_msg(for_b.sign(&self.key), b.mapping, a.mapping);
         out.push(Output::Send {
             conn: ctx.conn,
             msg: ServerMsg::Ok { req },
         });
         out.push(Output::Send {
             conn: ctx.conn,
-            msg: ServerMsg::Introduction(for_a.sign(&self.key)),
+            msg: msg_a,
         });
         out.push(Output::Send {
             conn: b_conn,
-            msg: ServerMsg::Introduction(for_b.sign(&self.key)),
+            msg: msg_b,
         });
         self.metrics.introductions += 1;
         tracing::debug!(from = %ctx.node.short(), to = %target.short(), "introduction");

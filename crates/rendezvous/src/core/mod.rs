@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use agentmesh_proto::rendezvous::{ClientMsg, RvError, RvErrorCode, ServerMsg};
+use agentmesh_proto::rendezvous::{ClientMsg, NatMapping, RvError, RvErrorCode, ServerMsg};
 use agentmesh_proto::{AgentId, NodeId, SecretKey};
 use indexmap::IndexMap;
 use rand::rngs::StdRng;
@@ -57,6 +57,9 @@ struct NodeState {
     observed: Option<SocketAddr>,
     candidates: Vec<SocketAddr>,
     home_relay: Option<String>,
+    /// How its NAT maps, once the live session said so (`UpdateMapping`); `None`: the
+    /// session never did (an older daemon: plain `Introduction`s only).
+    mapping: Option<NatMapping>,
     last_seen_unix_ms: u64,
     /// The live session, if online.
     conn: Option<ConnId>,
@@ -363,6 +366,7 @@ fn request_id(msg: &ClientMsg) -> Option<u64> {
         | ClientMsg::Discover { req, .. }
         | ClientMsg::Subscribe { req, .. }
         | ClientMsg::Introduce { req, .. }
+        | ClientMsg::UpdateMapping { req, .. }
         | ClientMsg::Ping { req } => Some(*req),
     }
 }

@@ -53,6 +53,16 @@ impl Server {
             ClientMsg::Discover { req, query } => self.discover(ctx, req, &query, out),
             ClientMsg::Subscribe { req, patterns } => self.subscribe(ctx, req, patterns, out),
             ClientMsg::Introduce { req, target } => self.introduce(ctx, req, target, out),
+            ClientMsg::UpdateMapping { req, mapping } => {
+                if let Some(n) = self.node_mut(ctx.tenant, &ctx.node) {
+                    n.mapping = Some(mapping);
+                }
+                out.push(Output::Send {
+                    conn,
+                    msg: ServerMsg::Ok { req },
+                });
+                Ok(())
+            }
             ClientMsg::Ping { req } => {
                 out.push(Output::Send {
                     conn,
@@ -370,6 +380,7 @@ impl Server {
                 observed: row.observed,
                 candidates: row.candidates,
                 home_relay: row.home_relay,
+                mapping: None,
                 last_seen_unix_ms: row.last_seen_unix_ms,
                 conn: None,
                 rtt: std::time::Duration::from_millis(100),

@@ -157,6 +157,7 @@ impl Server {
             observed: None,
             candidates: Vec::new(),
             home_relay: None,
+            mapping: None,
             last_seen_unix_ms: unix,
             conn: None,
             rtt,
@@ -170,6 +171,7 @@ impl Server {
         state.observed = Some(observed);
         state.candidates = a.candidates;
         state.home_relay = a.home_relay;
+        state.mapping = None;
         state.last_seen_unix_ms = unix;
         state.rtt = rtt;
         let row = NodeRow {

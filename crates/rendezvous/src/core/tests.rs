@@ -419,6 +419,66 @@ fn agents_expire_without_heartbeats() {
 }
 
 #[test]
+fn declared_mappings_ride_in_introductions_to_nodes_that_declared_theirs() {
+    use agentmesh_proto::rendezvous::NatMapping;
+    let mut h = Harness::new();
+    let a = h.login(h.at(0), 2, "acme", "tok-a");
+    let b = h.login(h.at(0), 3, "acme", "tok-a");
+    let out = h.request(
+        h.at(10),
+        a,
+        ClientMsg::UpdateMapping {
+            req: 1,
+            mapping: NatMapping::Random,
+        },
+    );
+    assert_eq!(sends(&out, a), vec![ServerMsg::Ok { req: 1 }]);
+    let out = h.request(
+        h.at(1_000),
+        b,
+        ClientMsg::Introduce {
+            req: 2,
+            target: key(2).node_id(),
+        },
+    );
+    // b never declared its mapping: it gets the version-1 message; a learns that b's
+    // mapping is unknown.
+    let to_b = sends(&out, b);
+    assert!(matches!(to_b[1], ServerMsg::Introduction(_)), "{to_b:?}");
+    let Some(ServerMsg::MappedIntroduction {
+        intro,
+        peer_mapping: NatMapping::NoneOrUnknown,
+    }) = sends(&out, a).pop()
+    else {
+        panic!("{out:?}")
+    };
+    assert!(intro.verify(&h.s.id()).is_ok());
+    let out = h.request(
+        h.at(1_100),
+        b,
+        ClientMsg::UpdateMapping {
+            req: 3,
+            mapping: NatMapping::EndpointIndependent,
+        },
+    );
+    assert_eq!(sends(&out, b), vec![ServerMsg::Ok { req: 3 }]);
+    let out = h.request(
+        h.at(5_000),
+        a,
+        ClientMsg::Introduce {
+            req: 4,
+            target: key(3).node_id(),
+        },
+    );
+    let mapping_seen = |conn| match sends(&out, conn).pop() {
+        Some(ServerMsg::MappedIntroduction { peer_mapping, .. }) => Some(peer_mapping),
+        _ => None,
+    };
+    assert_eq!(mapping_seen(a), Some(NatMapping::EndpointIndependent));
+    assert_eq!(mapping_seen(b), Some(NatMapping::Random));
+}
+
+#[test]
 fn introductions_are_signed_and_share_a_start_time() {
     let mut h = Harness::new();
     let a = h.login(h.at(0), 2, "acme", "tok-a");
