@@ -47,7 +47,7 @@ impl Default for SprayConfig {
     fn default() -> Self {
         SprayConfig {
             sockets: 256,
-            budget: 1024,
+            budget: 2048,
             per_round: 32,
             doors_interval: Duration::from_secs(1),
             min_port: 1024,
