@@ -318,6 +318,16 @@ impl MeshHandle {
     /// Sends a raw datagram (STUN, probe, relay frame) on the socket. A full socket
     /// buffer drops it: the senders of these datagrams retry on their own timers.
     pub fn send_raw(&self, dst: SocketAddr, data: &[u8]) -> io::Result<()> {
+        self.send_datagram(&*self.inner, dst, data)
+    }
+
+    /// One datagram on `socket`; a full socket buffer drops it (counted).
+    fn send_datagram(
+        &self,
+        socket: &dyn AsyncUdpSocket,
+        dst: SocketAddr,
+        data: &[u8],
+    ) -> io::Result<()> {
         let t = Transmit {
             destination: dst,
             ecn: None,
@@ -325,7 +335,7 @@ impl MeshHandle {
             segment_size: None,
             src_ip: None,
         };
-        match self.inner.try_send(&t) {
+        match socket.try_send(&t) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -370,20 +380,7 @@ impl MeshHandle {
             .doors
             .socket(&node, socket)
             .ok_or(io::ErrorKind::NotConnected)?;
-        let t = Transmit {
-            destination: dst,
-            ecn: None,
-            contents: data,
-            segment_size: None,
-            src_ip: None,
-        };
-        match door.try_send(&t) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            other => other,
-        }
+        self.send_datagram(&*door, dst, data)
     }
 
     /// Gives the socket a way to open doors (without one, [`MeshHandle::open_doors`]
