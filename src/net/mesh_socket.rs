@@ -198,6 +198,19 @@ impl MeshSocket {
         (socket, handle, div_rx)
     }
 
+    /// A quinn endpoint on this socket, serving with `server` (peers dial out with their
+    /// own client configs). QUIC's fixed bit is not greased (RFC 9287): the demultiplexer
+    /// tells QUIC from STUN, probes and relay frames by it.
+    pub fn into_endpoint(
+        self,
+        server: quinn::ServerConfig,
+        runtime: Arc<dyn quinn::Runtime>,
+    ) -> io::Result<quinn::Endpoint> {
+        let mut config = quinn::EndpointConfig::default();
+        config.grease_quic_bit(false);
+        quinn::Endpoint::new_with_abstract_socket(config, Some(server), Arc::new(self), runtime)
+    }
+
     fn map_incoming(&self, src: SocketAddr) -> SocketAddr {
         match self.routes.peer_of_direct(&src) {
             Some((node, virt)) => {

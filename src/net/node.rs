@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentmesh_proto::{ErrorCode, ErrorObject, SecretKey};
-use quinn::{AsyncUdpSocket, Endpoint, EndpointConfig};
+use quinn::{AsyncUdpSocket, Endpoint};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -142,14 +142,7 @@ impl MeshNode {
         if let Some(binder) = doors {
             mesh.set_door_binder(binder);
         }
-        let mut ep_config = EndpointConfig::default();
-        ep_config.grease_quic_bit(false);
-        let endpoint = Endpoint::new_with_abstract_socket(
-            ep_config,
-            Some(peers::server_config(&key)?),
-            Arc::new(socket),
-            runtime,
-        )?;
+        let endpoint = socket.into_endpoint(peers::server_config(&key)?, runtime)?;
         let mut tasks = Vec::new();
         let (relay_tx, relay_rx) = mpsc::channel(1024);
         let mut relay = relay_driver.map(|d| d.spawn(mesh.clone(), relay_rx));

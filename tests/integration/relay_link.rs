@@ -17,7 +17,7 @@ use agentmesh::net::routes::{Path, Routes};
 use agentmesh_proto::{NodeId, SecretKey};
 use agentmesh_relay::{Config, MemStore, RelayHandle, StartOptions};
 use agentmesh_tlsid::{ClientAuth, ServerPin, ALPN_PEER};
-use quinn::{Endpoint, EndpointConfig, TokioRuntime};
+use quinn::{Endpoint, TokioRuntime};
 use tokio::sync::mpsc;
 
 const ECHO_BYTES: usize = 1 << 20;
@@ -71,15 +71,9 @@ fn daemon(seed: u8, link_config: RelayLinkConfig) -> Daemon {
     let server =
         agentmesh_tlsid::quinn_server_config(&key, ClientAuth::RequireNodeCert, &[ALPN_PEER])
             .unwrap();
-    let mut config = EndpointConfig::default();
-    config.grease_quic_bit(false);
-    let endpoint = Endpoint::new_with_abstract_socket(
-        config,
-        Some(server),
-        Arc::new(socket),
-        Arc::new(TokioRuntime),
-    )
-    .unwrap();
+    let endpoint = socket
+        .into_endpoint(server, Arc::new(TokioRuntime))
+        .unwrap();
     Daemon {
         key,
         endpoint,

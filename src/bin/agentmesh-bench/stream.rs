@@ -97,14 +97,7 @@ pub(crate) fn mesh_node(seed: u8, link_config: RelayLinkConfig) -> anyhow::Resul
         }
     });
     let link = driver.spawn(mesh, relay_rx);
-    let mut config = EndpointConfig::default();
-    config.grease_quic_bit(false);
-    let endpoint = Endpoint::new_with_abstract_socket(
-        config,
-        Some(server_config(&key)?),
-        Arc::new(socket),
-        Arc::new(TokioRuntime),
-    )?;
+    let endpoint = socket.into_endpoint(server_config(&key)?, Arc::new(TokioRuntime))?;
     Ok(Node {
         key,
         endpoint,

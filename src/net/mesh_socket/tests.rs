@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use agentmesh_proto::SecretKey;
 use agentmesh_tlsid::{ClientAuth, ServerPin, ALPN_PEER};
-use quinn::{Endpoint, EndpointConfig, TokioRuntime};
+use quinn::{Endpoint, TokioRuntime};
 
 use super::*;
 
@@ -54,15 +54,9 @@ fn side(seed: u8) -> Side {
     let server =
         agentmesh_tlsid::quinn_server_config(&key, ClientAuth::RequireNodeCert, &[ALPN_PEER])
             .unwrap();
-    let mut config = EndpointConfig::default();
-    config.grease_quic_bit(false);
-    let endpoint = Endpoint::new_with_abstract_socket(
-        config,
-        Some(server),
-        Arc::new(socket),
-        Arc::new(TokioRuntime),
-    )
-    .unwrap();
+    let endpoint = socket
+        .into_endpoint(server, Arc::new(TokioRuntime))
+        .unwrap();
     Side {
         key,
         endpoint,
