@@ -4,6 +4,9 @@
 //! version byte and the body, and the body is the message in bincode (standard config).
 //! Frames longer than the caller's maximum are refused before any allocation. bincode
 //! is used only here, so the body codec can be swapped without touching callers.
+//! Rendezvous and relay messages are version [`FRAME_VERSION`]; peer frames have their
+//! own version ([`crate::peer::PEER_FRAME_VERSION`]) through [`encode_version`] and
+//! [`decode_version`].
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -76,8 +79,17 @@ pub fn from_bytes<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 /// Encodes `msg` as one complete frame, refusing frames over `max` bytes. The body is
 /// written in place after the header (no second buffer, no copy of a large body).
 pub fn encode<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
+    encode_version(msg, max, FRAME_VERSION)
+}
+
+/// [`encode`] with another version byte (a message family with its own version).
+pub fn encode_version<T: Serialize>(
+    msg: &T,
+    max: usize,
+    version: u8,
+) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+    out.extend_from_slice(&[0, 0, 0, 0, version]);
     bincode::serde::encode_into_std_write(msg, &mut out, config()).map_err(FrameError::Encode)?;
     let len = out.len() - 4;
     if len > max {
@@ -97,6 +109,15 @@ pub fn decode<T: DeserializeOwned>(
     buf: &[u8],
     max: usize,
 ) -> Result<Option<(T, usize)>, FrameError> {
+    decode_version(buf, max, FRAME_VERSION)
+}
+
+/// [`decode`] of frames that must carry `version` (any other is [`FrameError::Version`]).
+pub fn decode_version<T: DeserializeOwned>(
+    buf: &[u8],
+    max: usize,
+    version: u8,
+) -> Result<Option<(T, usize)>, FrameError> {
     let Some(header) = buf.get(..4) else {
         return Ok(None);
     };
@@ -112,11 +133,11 @@ pub fn decode<T: DeserializeOwned>(
     let Some(frame) = buf.get(4..4 + len) else {
         return Ok(None);
     };
-    let (version, body) = (frame[0], &frame[1..]);
-    if version != FRAME_VERSION {
+    let (got, body) = (frame[0], &frame[1..]);
+    if got != version {
         return Err(FrameError::Version {
-            got: version,
-            supported: FRAME_VERSION,
+            got,
+            supported: version,
         });
     }
     let msg = from_bytes(body)?;

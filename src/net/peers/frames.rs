@@ -3,7 +3,8 @@
 //! into the stream's send buffer at once and hands the stream to a writer task only
 //! when that buffer is full, so a slow stream never holds up the others.
 
-use agentmesh_proto::frame::{self, FrameError};
+use agentmesh_proto::frame::FrameError;
+use agentmesh_proto::peer;
 use futures_util::FutureExt as _;
 use quinn::{ReadError, RecvStream, SendStream, VarInt};
 use serde::de::DeserializeOwned;
@@ -50,7 +51,7 @@ impl FrameReader {
     /// The next frame, or `None` at the clean end of the stream.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, StreamError> {
         loop {
-            if let Some((msg, used)) = frame::decode::<T>(&self.buf, MAX_PEER_FRAME)? {
+            if let Some((msg, used)) = peer::decode_frame::<T>(&self.buf, MAX_PEER_FRAME)? {
                 self.buf.drain(..used);
                 return Ok(Some(msg));
             }
@@ -85,9 +86,9 @@ pub enum WriteCmd {
     Reset(u32),
 }
 
-/// Encodes a frame for a stream.
+/// Encodes a frame for a stream (peer frame version).
 pub(super) fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    frame::encode(msg, MAX_PEER_FRAME)
+    peer::encode_frame(msg, MAX_PEER_FRAME)
 }
 
 /// The sending side of one task stream.
