@@ -15,6 +15,9 @@ use tokio::sync::mpsc;
 /// default line limit is 1 MiB, and a frame adds its envelope).
 pub const MAX_PEER_FRAME: usize = 4 * 1024 * 1024;
 
+/// Most a [`FrameReader`] reserves ahead for an announced frame.
+const RESERVE_MAX: usize = 256 * 1024;
+
 /// Why a stream could not be read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -55,6 +58,7 @@ impl FrameReader {
                 self.buf.drain(..used);
                 return Ok(Some(msg));
             }
+            self.reserve_announced();
             match self.recv.read_chunk(64 * 1024, true).await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
                 Ok(None) if self.buf.is_empty() => return Ok(None),
@@ -67,6 +71,20 @@ impl FrameReader {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Makes room for the frame whose header is buffered, up to [`RESERVE_MAX`] bytes: a
+    /// 64 KiB frame arrives in QUIC-packet-sized chunks, and a buffer that grows by
+    /// doubling copies it several times. The cap keeps a peer that announces large
+    /// frames and sends nothing from holding memory it never filled.
+    fn reserve_announced(&mut self) {
+        let Some(header) = self.buf.get(..4) else {
+            return;
+        };
+        let mut len = [0u8; 4];
+        len.copy_from_slice(header);
+        let want = (4 + u32::from_be_bytes(len) as usize).min(RESERVE_MAX);
+        self.buf.reserve_exact(want.saturating_sub(self.buf.len()));
     }
 
     /// Asks the peer to stop sending (cancel).
