@@ -15,9 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<rendezvous::ServerMsg>(data, DEFAULT_MAX_FRAME);
     let _ = decode::<relay::ClientMsg>(data, DEFAULT_MAX_FRAME);
     let _ = decode::<relay::RelayMsg>(data, DEFAULT_MAX_FRAME);
-    let _ = decode::<peer::RequesterFrame>(data, DEFAULT_MAX_FRAME);
-    let _ = decode::<peer::ResponderFrame>(data, DEFAULT_MAX_FRAME);
-    let _ = decode::<peer::OnewayFrame>(data, DEFAULT_MAX_FRAME);
+    // Peer frames have their own version (2: binary envelopes and JSON values).
+    let _ = peer::decode_frame::<peer::RequesterFrame>(data, DEFAULT_MAX_FRAME);
+    let _ = peer::decode_frame::<peer::ResponderFrame>(data, DEFAULT_MAX_FRAME);
+    let _ = peer::decode_frame::<peer::OnewayFrame>(data, DEFAULT_MAX_FRAME);
     let _ = agentmesh_proto::frame::from_bytes::<peer::StoredFrame>(data);
     let _ = decode_datagram::<relay::ClientMsg>(data, 2048);
     let _ = relay::decode_datagram::<relay::ClientMsg>(data, 2048);

@@ -39,8 +39,14 @@ fn task_envelope(now: Now, kind: PrimitiveType, addr: &TaskAddr<'_>) -> Envelope
     e
 }
 
-fn payload_of<T: Serialize>(p: &T) -> Option<Json> {
-    serde_json::to_value(p).ok().map(Json)
+/// `p` as a JSON payload, with `big` (the input, output or data, left empty in `p`)
+/// moved in under `key`: serialising it as part of `p` would copy it.
+fn payload_of<T: Serialize>(p: &T, key: &str, big: Option<Json>) -> Option<Json> {
+    let mut v = serde_json::to_value(p).ok()?;
+    if let (serde_json::Value::Object(m), Some(Json(big))) = (&mut v, big) {
+        m.insert(key.to_string(), big);
+    }
+    Some(Json(v))
 }
 
 /// The `request` envelope that opens a task on the responder's daemon (or continues it:
@@ -53,11 +59,12 @@ pub(super) fn request(
     config: Option<RequestConfig>,
 ) -> Envelope {
     let mut e = task_envelope(now, PrimitiveType::Request, addr);
-    e.payload = payload_of(&RequestPayload {
+    let p = RequestPayload {
         skill: skill.to_string(),
-        input,
+        input: Json::null(),
         config,
-    });
+    };
+    e.payload = payload_of(&p, "input", Some(input));
     e
 }
 
@@ -71,11 +78,12 @@ pub(super) fn respond(
     error: Option<ErrorObject>,
 ) -> Envelope {
     let mut e = task_envelope(now, PrimitiveType::Respond, addr);
-    e.payload = payload_of(&RespondPayload {
+    let p = RespondPayload {
         status,
         message,
-        output,
-    });
+        output: None,
+    };
+    e.payload = payload_of(&p, "output", output);
     e.error = error;
     e
 }
@@ -83,7 +91,8 @@ pub(super) fn respond(
 /// An `emit` envelope for `topic`.
 pub(super) fn event(now: Now, from: AgentId, topic: Subject, data: Json) -> Envelope {
     let mut e = base(now, PrimitiveType::Emit, from);
-    e.payload = payload_of(&EventPayload::new(topic, data));
+    let p = EventPayload::new(topic, Json::null());
+    e.payload = payload_of(&p, "data", Some(data));
     e
 }
 

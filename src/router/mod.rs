@@ -358,8 +358,13 @@ fn iso8601(t: SystemTime) -> String {
 /// A UUID v7 string for a wall-clock time.
 fn uuid_v7(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos());
-    uuid::Uuid::new_v7(ts).to_string()
+    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    // The random bits from the thread's CSPRNG: `Uuid::new_v7` asks the kernel
+    // (a `getrandom` syscall per id, four per request/response).
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .to_string()
 }
 
 #[cfg(test)]

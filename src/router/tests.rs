@@ -485,3 +485,18 @@ fn named_keys_give_stable_agent_ids() {
     );
     assert_eq!(code(&r3), "INPUT_INVALID");
 }
+
+#[test]
+fn ids_are_uuid_v7_of_the_given_time_and_distinct() {
+    let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(1_763_769_600_123);
+    let a = super::uuid_v7(t);
+    let b = super::uuid_v7(t);
+    assert_ne!(a, b);
+    for id in [&a, &b] {
+        let u = uuid::Uuid::parse_str(id).unwrap();
+        assert_eq!(u.get_version_num(), 7);
+        assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
+        let (secs, nanos) = u.get_timestamp().unwrap().to_unix();
+        assert_eq!((secs, nanos / 1_000_000), (1_763_769_600, 123));
+    }
+}

@@ -4,6 +4,9 @@
 //! version byte and the body, and the body is the message in bincode (standard config).
 //! Frames longer than the caller's maximum are refused before any allocation. bincode
 //! is used only here, so the body codec can be swapped without touching callers.
+//! Rendezvous and relay messages are version [`FRAME_VERSION`]; peer frames have their
+//! own version ([`crate::peer::PEER_FRAME_VERSION`]) through [`encode_version`] and
+//! [`decode_version`].
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -76,8 +79,37 @@ pub fn from_bytes<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 /// Encodes `msg` as one complete frame, refusing frames over `max` bytes. The body is
 /// written in place after the header (no second buffer, no copy of a large body).
 pub fn encode<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(&[0, 0, 0, 0, FRAME_VERSION]);
+    write_frame(msg, max, FRAME_VERSION, 256)
+}
+
+/// [`encode`] with another version byte (a message family with its own version), for
+/// bodies that are cheap to walk twice: the body's size is counted first, so a large
+/// body is written into a buffer of the right size (no reallocations and copies while
+/// it grows) and an oversize one is refused before anything is written. (Types that
+/// serialise themselves as JSON text in binary formats would pay that JSON twice: they
+/// go through [`encode`].)
+pub fn encode_version<T: Serialize>(
+    msg: &T,
+    max: usize,
+    version: u8,
+) -> Result<Vec<u8>, FrameError> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(msg, &mut size, config()).map_err(FrameError::Encode)?;
+    let len = size.bytes_written + 1;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    write_frame(msg, max, version, HEADER_LEN + size.bytes_written)
+}
+
+fn write_frame<T: Serialize>(
+    msg: &T,
+    max: usize,
+    version: u8,
+    capacity: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(&[0, 0, 0, 0, version]);
     bincode::serde::encode_into_std_write(msg, &mut out, config()).map_err(FrameError::Encode)?;
     let len = out.len() - 4;
     if len > max {
@@ -97,6 +129,15 @@ pub fn decode<T: DeserializeOwned>(
     buf: &[u8],
     max: usize,
 ) -> Result<Option<(T, usize)>, FrameError> {
+    decode_version(buf, max, FRAME_VERSION)
+}
+
+/// [`decode`] of frames that must carry `version` (any other is [`FrameError::Version`]).
+pub fn decode_version<T: DeserializeOwned>(
+    buf: &[u8],
+    max: usize,
+    version: u8,
+) -> Result<Option<(T, usize)>, FrameError> {
     let Some(header) = buf.get(..4) else {
         return Ok(None);
     };
@@ -112,11 +153,11 @@ pub fn decode<T: DeserializeOwned>(
     let Some(frame) = buf.get(4..4 + len) else {
         return Ok(None);
     };
-    let (version, body) = (frame[0], &frame[1..]);
-    if version != FRAME_VERSION {
+    let (got, body) = (frame[0], &frame[1..]);
+    if got != version {
         return Err(FrameError::Version {
-            got: version,
-            supported: FRAME_VERSION,
+            got,
+            supported: version,
         });
     }
     let msg = from_bytes(body)?;
@@ -205,6 +246,28 @@ mod tests {
             decode::<Msg>(&[0, 0, 0, 0], DEFAULT_MAX_FRAME),
             Err(FrameError::Empty)
         ));
+    }
+
+    #[test]
+    fn versioned_frames_are_sized_before_they_are_written() {
+        let big = Msg::Data {
+            to: [7; 32],
+            payload: vec![9; 70_000],
+        };
+        let v1 = encode(&big, DEFAULT_MAX_FRAME).unwrap();
+        let v2 = encode_version(&big, DEFAULT_MAX_FRAME, 2).unwrap();
+        assert_eq!((&v1[..4], &v1[5..]), (&v2[..4], &v2[5..]));
+        assert_eq!(v2[4], 2);
+        // One allocation of the frame's size (no doubling while the body was written).
+        assert_eq!(v2.capacity(), v2.len());
+        assert!(matches!(
+            encode_version(&big, 1000, 2),
+            Err(FrameError::TooLarge { max: 1000, .. })
+        ));
+        let (back, used) = decode_version::<Msg>(&v2, DEFAULT_MAX_FRAME, 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!((back, used), (big, v2.len()));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! and the binary frame codec. Nothing here opens a socket or reads a clock; the only
 //! filesystem access is [`keyfile`], which stores node and agent keys.
 
+pub mod binary;
 pub mod discover;
 pub mod envelope;
 pub mod error;

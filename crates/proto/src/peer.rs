@@ -20,12 +20,20 @@
 //!
 //! Every envelope has an id; a receiver drops ids it has seen ([`RecentIds`]), so a retry
 //! after a path change never runs a task twice.
+//!
+//! Peer frames carry version [`PEER_FRAME_VERSION`] ([`encode_frame`], [`decode_frame`]):
+//! envelopes and chunks in the binary forms of [`crate::binary`], never as JSON text.
+//! A frame of another version (version 1 carried each envelope as JSON text) is refused
+//! with [`FrameError::Version`]. [`StoredFrame`] is not a stream frame: it keeps the
+//! envelope's default binary form (JSON text), so mail already at a relay stays readable.
 
 use std::collections::{HashSet, VecDeque};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
+use crate::frame::{self, FrameError};
 use crate::json::Json;
 use crate::task::TaskState;
 use crate::topic::Subject;
@@ -35,20 +43,37 @@ pub const STREAM_CANCELED: u32 = 0x0a11;
 /// QUIC application error code of a stream reset by a daemon shutting down.
 pub const STREAM_SHUTDOWN: u32 = 0x0a12;
 
+/// Version byte of peer frames: 2 = binary envelope body ([`crate::binary`]).
+pub const PEER_FRAME_VERSION: u8 = 2;
+
+/// Encodes a peer frame (version [`PEER_FRAME_VERSION`]), refusing frames over `max`.
+pub fn encode_frame<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
+    frame::encode_version(msg, max, PEER_FRAME_VERSION)
+}
+
+/// Decodes a peer frame from the start of `buf`, as [`frame::decode`] does; a frame of
+/// another version is [`FrameError::Version`].
+pub fn decode_frame<T: DeserializeOwned>(
+    buf: &[u8],
+    max: usize,
+) -> Result<Option<(T, usize)>, FrameError> {
+    frame::decode_version(buf, max, PEER_FRAME_VERSION)
+}
+
 /// Requester → responder, on a request's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RequesterFrame {
     /// The request (first frame).
-    Open(Envelope),
+    Open(#[serde(with = "crate::binary::envelope")] Envelope),
     /// The answer to `input_required` / `auth_required`.
-    Continue(Envelope),
+    Continue(#[serde(with = "crate::binary::envelope")] Envelope),
 }
 
 /// Responder → requester, on a request's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ResponderFrame {
     /// A non-terminal state change (`respond` envelope).
-    Update(Envelope),
+    Update(#[serde(with = "crate::binary::envelope")] Envelope),
     /// A streamed chunk of output.
     Chunk {
         /// Task the chunk belongs to.
@@ -56,12 +81,13 @@ pub enum ResponderFrame {
         /// Position, from 0.
         seq: u64,
         /// The chunk.
+        #[serde(with = "crate::binary::json")]
         chunk: Json,
         /// Whether it is the last chunk.
         last: bool,
     },
     /// The terminal state (`respond` envelope); the stream ends after it.
-    Final(Envelope),
+    Final(#[serde(with = "crate::binary::envelope")] Envelope),
 }
 
 /// On a unidirectional stream.
@@ -70,7 +96,7 @@ pub enum ResponderFrame {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OnewayFrame {
     /// A published event (`emit` envelope).
-    Event(Envelope),
+    Event(#[serde(with = "crate::binary::envelope")] Envelope),
     /// A stored request for `task_id` reached its responder's daemon and the agent is
     /// there: send its `Open` again (responder's daemon → requester's daemon).
     MailReady {
@@ -218,8 +244,9 @@ impl RecentIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::{decode_frame as decode, encode_frame as encode};
     use crate::envelope::{PrimitiveType, TraceContext};
-    use crate::frame::{decode, encode, DEFAULT_MAX_FRAME};
+    use crate::frame::DEFAULT_MAX_FRAME;
     use crate::id::SecretKey;
     use proptest::prelude::*;
 
@@ -267,6 +294,109 @@ mod tests {
         assert!(r.first_time("a"));
         assert!(!r.first_time("c"));
         assert_eq!(r.len(), 2);
+    }
+
+    fn full_envelope() -> Envelope {
+        let mut e = envelope(
+            "m-1",
+            PrimitiveType::Respond,
+            serde_json::json!({"status": "completed", "output": {"text": "a\"b\\c\n", "n": [1, -2, 2.5, null, true]}}),
+        );
+        e.to = Some(SecretKey::from_bytes(&[2; 32]).agent_id());
+        e.task_id = Some("t-1".into());
+        e.in_reply_to = Some("m-0".into());
+        e.context_id = Some("c-1".into());
+        e.trace.trace_id = "tr".into();
+        e.trace.span_id = "sp".into();
+        e.trace.parent_span_id = Some("pa".into());
+        e.artifacts = vec![crate::envelope::Artifact {
+            id: "a1".into(),
+            name: "out".into(),
+            media_type: "text/plain".into(),
+            parts: vec![Json(serde_json::json!({"text": "x"}))],
+            created_at: None,
+            meta: Some(Json(serde_json::json!({"k": 1}))),
+        }];
+        e.error = Some(crate::ErrorObject::new(
+            crate::ErrorCode::InternalError,
+            "x",
+        ));
+        e.meta = Some(Json(serde_json::json!({"m": "v"})));
+        e
+    }
+
+    #[test]
+    fn every_envelope_field_crosses_a_frame() {
+        let e = full_envelope();
+        for f in [ResponderFrame::Update(e.clone()), ResponderFrame::Final(e)] {
+            let b = encode(&f, DEFAULT_MAX_FRAME).unwrap();
+            assert_eq!(
+                decode::<ResponderFrame>(&b, DEFAULT_MAX_FRAME)
+                    .unwrap()
+                    .unwrap(),
+                (f, b.len())
+            );
+        }
+        let mut bare = envelope("m-2", PrimitiveType::Request, serde_json::json!(null));
+        bare.payload = None;
+        let f = RequesterFrame::Continue(bare);
+        let b = encode(&f, DEFAULT_MAX_FRAME).unwrap();
+        assert_eq!(
+            decode::<RequesterFrame>(&b, DEFAULT_MAX_FRAME)
+                .unwrap()
+                .unwrap()
+                .0,
+            f
+        );
+    }
+
+    #[test]
+    fn the_payload_is_not_json_text_in_a_frame() {
+        let text = "say \"hi\"\n".repeat(1000);
+        let f = RequesterFrame::Open(envelope(
+            "m-3",
+            PrimitiveType::Request,
+            serde_json::json!({"skill": "echo", "input": text}),
+        ));
+        let b = encode(&f, DEFAULT_MAX_FRAME).unwrap();
+        // The input's bytes appear as they are (JSON text would escape the quotes).
+        assert!(b.windows(text.len()).any(|w| w == text.as_bytes()));
+        assert_eq!(b[4], PEER_FRAME_VERSION);
+    }
+
+    #[test]
+    fn version_1_frames_are_refused_by_version() {
+        let f = RequesterFrame::Open(envelope(
+            "m-4",
+            PrimitiveType::Request,
+            serde_json::json!({"skill": "echo"}),
+        ));
+        let old = crate::frame::encode(&f, DEFAULT_MAX_FRAME).unwrap();
+        let err = decode::<RequesterFrame>(&old, DEFAULT_MAX_FRAME).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FrameError::Version {
+                    got: 1,
+                    supported: PEER_FRAME_VERSION
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("frame version 1 is not supported"));
+        // And a version-2 frame is not a version-1 message.
+        let new = encode(&f, DEFAULT_MAX_FRAME).unwrap();
+        assert!(crate::frame::decode::<RequesterFrame>(&new, DEFAULT_MAX_FRAME).is_err());
+    }
+
+    #[test]
+    fn stored_frames_keep_their_form() {
+        // Mail at the relay was sealed by older builds: StoredFrame is unchanged.
+        let e = full_envelope();
+        let stored = StoredFrame::Request(e.clone());
+        let b = crate::frame::to_bytes(&stored).unwrap();
+        let old_form = crate::frame::to_bytes(&(0u32, serde_json::to_string(&e).unwrap())).unwrap();
+        assert_eq!(b, old_form);
     }
 
     proptest! {

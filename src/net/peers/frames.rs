@@ -3,7 +3,8 @@
 //! into the stream's send buffer at once and hands the stream to a writer task only
 //! when that buffer is full, so a slow stream never holds up the others.
 
-use agentmesh_proto::frame::{self, FrameError};
+use agentmesh_proto::frame::FrameError;
+use agentmesh_proto::peer;
 use futures_util::FutureExt as _;
 use quinn::{ReadError, RecvStream, SendStream, VarInt};
 use serde::de::DeserializeOwned;
@@ -13,6 +14,9 @@ use tokio::sync::mpsc;
 /// Largest peer frame (a request's input or a result may be large; the local API's
 /// default line limit is 1 MiB, and a frame adds its envelope).
 pub const MAX_PEER_FRAME: usize = 4 * 1024 * 1024;
+
+/// Most a [`FrameReader`] reserves ahead for an announced frame.
+const RESERVE_MAX: usize = 256 * 1024;
 
 /// Why a stream could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +54,11 @@ impl FrameReader {
     /// The next frame, or `None` at the clean end of the stream.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, StreamError> {
         loop {
-            if let Some((msg, used)) = frame::decode::<T>(&self.buf, MAX_PEER_FRAME)? {
+            if let Some((msg, used)) = peer::decode_frame::<T>(&self.buf, MAX_PEER_FRAME)? {
                 self.buf.drain(..used);
                 return Ok(Some(msg));
             }
+            self.reserve_announced();
             match self.recv.read_chunk(64 * 1024, true).await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
                 Ok(None) if self.buf.is_empty() => return Ok(None),
@@ -66,6 +71,20 @@ impl FrameReader {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Makes room for the frame whose header is buffered, up to [`RESERVE_MAX`] bytes: a
+    /// 64 KiB frame arrives in QUIC-packet-sized chunks, and a buffer that grows by
+    /// doubling copies it several times. The cap keeps a peer that announces large
+    /// frames and sends nothing from holding memory it never filled.
+    fn reserve_announced(&mut self) {
+        let Some(header) = self.buf.get(..4) else {
+            return;
+        };
+        let mut len = [0u8; 4];
+        len.copy_from_slice(header);
+        let want = (4 + u32::from_be_bytes(len) as usize).min(RESERVE_MAX);
+        self.buf.reserve_exact(want.saturating_sub(self.buf.len()));
     }
 
     /// Asks the peer to stop sending (cancel).
@@ -85,9 +104,9 @@ pub enum WriteCmd {
     Reset(u32),
 }
 
-/// Encodes a frame for a stream.
+/// Encodes a frame for a stream (peer frame version).
 pub(super) fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    frame::encode(msg, MAX_PEER_FRAME)
+    peer::encode_frame(msg, MAX_PEER_FRAME)
 }
 
 /// The sending side of one task stream.
