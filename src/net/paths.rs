@@ -83,6 +83,9 @@ struct Entry {
     traffic_window: Instant,
     last_intro_asked: Option<Instant>,
     waiters: Vec<oneshot::Sender<()>>,
+    /// An introduction is opening this peer's doors and its punch does not have them
+    /// yet: [`Paths::flush`] leaves the doors alone (its path still says "no doors").
+    opening_doors: bool,
 }
 
 struct Table {
@@ -180,6 +183,7 @@ impl Paths {
                 traffic_window: now(),
                 last_intro_asked: None,
                 waiters: Vec::new(),
+                opening_doors: false,
             },
         );
         drop(t);
@@ -243,9 +247,15 @@ impl Paths {
         self.ensure(intro.peer);
         let start = now() + Duration::from_millis(intro.start_in_ms);
         let candidates = candidate_kinds(&intro.peer_candidates);
+        // Opening hundreds of doors takes a while; meanwhile the path does not know
+        // it has them, and a flush must not close them under the opening.
+        if let Some(e) = self.lock().peers.get_mut(&intro.peer) {
+            e.opening_doors = true;
+        }
         let spray = self.spray_for(intro, peer_mapping);
         debug!(peer = %intro.peer.short(), ?candidates, ?spray, "introduction");
         if let Some(e) = self.lock().peers.get_mut(&intro.peer) {
+            e.opening_doors = false;
             e.info.punch_attempts += 1;
             let session = punch_session(intro, self.me);
             e.path
@@ -380,7 +390,7 @@ impl Paths {
             if let Some(at) = e.path.poll_timeout() {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
-            if with_doors.contains(node) {
+            if with_doors.contains(node) && !e.opening_doors {
                 doors.push((*node, e.path.doors()));
             }
         }
@@ -394,12 +404,13 @@ impl Paths {
             next = Some(next.map_or(check, |n| n.min(check)));
         }
         let relay = table.relay_tier.is_some();
-        drop(table);
         // Doors first: a path that turned direct through door k must find its QUIC
-        // routed through k when the route below changes.
+        // routed through k when the route below changes. Under the table lock, so an
+        // introduction cannot start opening doors between the look and the closing.
         for (node, want) in doors {
             self.apply_doors(node, want);
         }
+        drop(table);
         for (node, tx) in sends {
             match probe::encode(&self.key, node, &tx.body) {
                 Ok(bytes) => {
@@ -660,6 +671,71 @@ mod tests {
         assert_eq!(mesh.doors_open(), 0, "all closed once it gave up");
         assert!(!paths.info().iter().any(|p| p.tier.is_direct()));
         run.abort();
+    }
+
+    /// Binds real doors, but runs the path finder's flush (the driver's loop, racing in
+    /// the daemon) in the middle of the opening.
+    #[derive(Debug)]
+    struct FlushWhileOpening {
+        inner: UdpDoors,
+        paths: std::sync::OnceLock<std::sync::Weak<Paths>>,
+        bound: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::net::mesh_socket::DoorBinder for FlushWhileOpening {
+        fn bind(&self) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+            let n = self
+                .bound
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n == 3 {
+                if let Some(paths) = self.paths.get().and_then(|w| w.upgrade()) {
+                    paths.flush();
+                }
+            }
+            self.inner.bind()
+        }
+    }
+
+    /// The daemon's run loop may flush while an introduction opens the hard side's
+    /// doors (hundreds of binds): the doors already open must not be closed under the
+    /// opening (the path does not have them yet), or the punch sprays from doors that
+    /// are gone.
+    #[tokio::test]
+    async fn a_flush_during_the_opening_keeps_the_doors() {
+        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        std_sock.set_nonblocking(true).unwrap();
+        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std_sock).unwrap();
+        let routes = Arc::new(Routes::default());
+        let (_socket, mesh, _diverted) = MeshSocket::new(inner, routes.clone(), Arc::new(NoRelay));
+        let binder = Arc::new(FlushWhileOpening {
+            inner: UdpDoors::new("127.0.0.1".parse().unwrap(), Arc::new(quinn::TokioRuntime)),
+            paths: std::sync::OnceLock::new(),
+            bound: std::sync::atomic::AtomicUsize::new(0),
+        });
+        mesh.set_door_binder(binder.clone());
+        let key = SecretKey::from_bytes(&[1; 32]);
+        let me = key.node_id();
+        let peer = SecretKey::from_bytes(&[2; 32]).node_id();
+        let mut config = PathConfig::default();
+        config.punch.spray.sockets = 8;
+        let (paths, _intros, _changes) =
+            Paths::new(key, routes, mesh.clone(), config, Some(Tier::RelayUdp));
+        binder.paths.set(Arc::downgrade(&paths)).unwrap();
+        paths.set_own_mapping(MappingKind::Random);
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let silent = silent.local_addr().unwrap();
+        paths.handle_introduction(
+            &intro(1, me, peer, silent),
+            Some(NatMapping::EndpointIndependent),
+        );
+        assert!(binder.bound.load(std::sync::atomic::Ordering::Relaxed) >= 8);
+        assert_eq!(mesh.doors_of(&peer), (8, None), "every door opened is open");
+        paths.flush();
+        assert_eq!(
+            mesh.doors_of(&peer),
+            (8, None),
+            "and stays open for the punch"
+        );
     }
 
     #[test]

@@ -242,7 +242,8 @@ impl PeerPath {
     }
 
     /// The rendezvous introduced us: punch `candidates` from `start_at` (the agreed
-    /// moment, in our clock), unless a direct path already works.
+    /// moment, in our clock), unless a direct path already works; a punch already
+    /// running is renewed with them, not restarted.
     pub fn handle_introduction(
         &mut self,
         session: u64,
@@ -260,8 +261,16 @@ impl PeerPath {
         start_at: Instant,
         spray: Spray,
     ) {
-        if matches!(self.state, State::Direct { .. }) {
-            return;
+        match &mut self.state {
+            State::Direct { .. } => return,
+            // The second introduction of a pair (each side asks for one) while the
+            // first one's punch runs: the peer may finish that one and ignore this one,
+            // so continue it rather than forget what it learned (see `Punch::renew`).
+            State::Punching { punch } if !punch.is_finished() => {
+                punch.renew(session, candidates, start_at, spray);
+                return;
+            }
+            _ => {}
         }
         let seed = self.nonce();
         let punch = Punch::new(

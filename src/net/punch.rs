@@ -131,6 +131,9 @@ struct Sent {
 pub struct Punch {
     config: PunchConfig,
     session: u64,
+    /// Sessions of earlier introductions this punch was renewed from ([`Punch::renew`]):
+    /// the peer may still be punching (or have finished) under one of them.
+    earlier: Vec<u64>,
     targets: IndexMap<SocketAddr, CandidateKind>,
     start_at: Instant,
     next_round: Instant,
@@ -166,6 +169,7 @@ impl Punch {
         Punch {
             config,
             session,
+            earlier: Vec::new(),
             targets,
             start_at,
             next_round: start_at,
@@ -186,6 +190,42 @@ impl Punch {
     pub fn with_spray(mut self, spray: Spray) -> Self {
         self.spray = spray;
         self
+    }
+
+    /// A new introduction for the same peer arrived while this punch runs: carry on as
+    /// one attempt under the new `session` instead of starting over. Everything learned
+    /// is kept: the addresses the peer's pings came from (a random-port NAT's only usable
+    /// port for us), the pings in flight (their pongs still count), and the earlier
+    /// sessions (the peer may still punch under one, or have finished with it and only
+    /// answer now). The new candidates are added, the spray role is the new one, and the
+    /// deadline moves to `give_up_after` past the later start.
+    pub fn renew(
+        &mut self,
+        session: u64,
+        candidates: impl IntoIterator<Item = (SocketAddr, CandidateKind)>,
+        start_at: Instant,
+        spray: Spray,
+    ) {
+        if session != self.session && !self.earlier.contains(&session) {
+            if self.earlier.len() >= MAX_EARLIER_SESSIONS {
+                self.earlier.remove(0);
+            }
+            self.earlier.push(self.session);
+            self.session = session;
+        }
+        for (addr, kind) in candidates {
+            self.targets.entry(addr).or_insert(kind);
+        }
+        if start_at > self.start_at {
+            self.start_at = start_at;
+        }
+        self.next_round = self.next_round.min(start_at);
+        self.spray = spray;
+    }
+
+    /// Whether `session` is this punch's, now or before a renewal.
+    fn knows(&self, session: u64) -> bool {
+        session == self.session || self.earlier.contains(&session)
     }
 
     /// Its many-port role.
@@ -322,7 +362,8 @@ impl Punch {
     }
 
     /// Handles a probe from the peer (already opened and checked to come from the peer),
-    /// received from `src` on the daemon's socket. Probes of other sessions are ignored.
+    /// received from `src` on the daemon's socket. Probes of sessions this punch does not
+    /// know (current or renewed from) are ignored; a pong echoes its ping's session.
     pub fn handle_probe(&mut self, now: Instant, src: SocketAddr, probe: ProbeBody) {
         self.handle_probe_on(now, src, 0, probe);
     }
@@ -335,7 +376,7 @@ impl Punch {
         socket: u16,
         probe: ProbeBody,
     ) {
-        if probe.session != self.session {
+        if !self.knows(probe.session) {
             return;
         }
         match probe.kind {
@@ -345,7 +386,7 @@ impl Punch {
                     dst: src,
                     body: ProbeBody {
                         kind: ProbeKind::Pong,
-                        session: self.session,
+                        session: probe.session,
                         nonce: probe.nonce,
                         observed: Some(src),
                     },
@@ -415,6 +456,10 @@ fn is_private(ip: IpAddr) -> bool {
         IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
     }
 }
+
+/// Earlier sessions a renewed punch still answers (introductions come in pairs, one
+/// per side's request; a few more only if the rendezvous repeats itself).
+const MAX_EARLIER_SESSIONS: usize = 4;
 
 /// Candidates for a sequential symmetric NAT: the `count` ports after the observed one.
 pub fn predicted_ports(observed: SocketAddr, count: u16) -> Vec<(SocketAddr, CandidateKind)> {

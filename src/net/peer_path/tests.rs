@@ -295,3 +295,75 @@ fn keepalive_is_fast_while_active_and_slow_when_idle() {
     assert!(pings.len() >= 4, "{pings:?}");
     assert!(matches!(a.path(), Path::Direct(_)), "stayed direct");
 }
+
+/// The restricted-cone side `a` and the random-port side `b` of the real-NAT matrix,
+/// with the race of its failing run: `b`'s introduction is applied late (it opened its
+/// doors first), so the pair's second introduction reaches `a` while `a` waits for the
+/// pong that proves `b`'s peer-reflexive port; `b` finishes the first punch (with `a`'s
+/// pong) and ignores the second introduction. Both must end direct: `a`'s punch continues
+/// under the second session and still takes `b`'s pong of the first.
+#[test]
+fn a_second_introduction_mid_punch_does_not_strand_the_other_side() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let a_pub = addr("203.0.113.13:7000");
+    let b_rdv = addr("203.0.113.15:26573"); // b's mapping towards the rendezvous
+    let b_for_a = addr("203.0.113.15:40001"); // b's fresh mapping towards a
+    let mut a = PeerPath::new(t0, PathConfig::default(), Tier::RelayUdp, 1);
+    let mut b = PeerPath::new(t0, PathConfig::default(), Tier::RelayUdp, 2);
+    let mut a_sent_to_b_ip = false; // a's address-restricted filter
+    let mut b_sent_to_a = false; // b's address-and-port filter on its mapping for a
+    let mut wire: Vec<(Instant, bool, ProbeBody)> = Vec::new(); // (arrival, to a?, body)
+    a.handle_introduction(1, vec![(b_rdv, CandidateKind::Reflexive)], t0);
+    let mut t = t0;
+    while t < t0 + Duration::from_secs(8) {
+        if t == t0 + ms(250) {
+            b.handle_introduction(1, vec![(a_pub, CandidateKind::Reflexive)], t0);
+        }
+        if t == t0 + ms(265) {
+            assert_eq!(a.path(), Path::Relay, "the race needs a still punching");
+            a.handle_introduction(2, vec![(b_rdv, CandidateKind::Reflexive)], t);
+        }
+        if t == t0 + ms(300) {
+            assert!(matches!(b.path(), Path::Direct(_)), "b won the first punch");
+            b.handle_introduction(2, vec![(a_pub, CandidateKind::Reflexive)], t);
+        }
+        for (to_a, p) in [(false, &mut a), (true, &mut b)] {
+            if p.poll_timeout().is_some_and(|d| d <= t) {
+                p.handle_timeout(t);
+            }
+            while let Some(x) = p.poll_transmit() {
+                if to_a {
+                    // b's NAT maps a fresh port for a; only a's address reaches a.
+                    if x.dst == a_pub {
+                        b_sent_to_a = true;
+                        wire.push((t + ms(10), true, x.body));
+                    }
+                } else {
+                    a_sent_to_b_ip |= x.dst.ip() == b_for_a.ip();
+                    // Only b's mapping for a (once b has sent to a) lets a packet in.
+                    if x.dst == b_for_a {
+                        wire.push((t + ms(10), false, x.body));
+                    }
+                }
+            }
+        }
+        t += ms(5);
+        let (due, later): (Vec<_>, Vec<_>) = wire.drain(..).partition(|(at, ..)| *at <= t);
+        wire = later;
+        for (_, to_a, body) in due {
+            if to_a && a_sent_to_b_ip {
+                a.handle_probe(t, b_for_a, body);
+            } else if !to_a && b_sent_to_a {
+                b.handle_probe(t, a_pub, body);
+            }
+        }
+    }
+    assert_eq!(b.path(), Path::Direct(a_pub));
+    assert_eq!(
+        a.path(),
+        Path::Direct(b_for_a),
+        "a stranded on the relay while b went direct"
+    );
+    assert_eq!(a.tier(), Tier::DirectStun, "peer-reflexive");
+}

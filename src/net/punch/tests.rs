@@ -413,3 +413,64 @@ fn only_random_symmetric_against_endpoint_independent_sprays() {
         Spray::Off
     );
 }
+
+/// A renewed punch (the pair's second introduction) keeps what the first one learned:
+/// it pings the peer-reflexive address under the new session, answers pings of the
+/// earlier session echoing it, and takes the pong of a ping sent before the renewal.
+#[test]
+fn a_renewed_punch_keeps_what_it_learned() {
+    let now = Instant::now();
+    let (rdv, prflx) = (addr("203.0.113.15:26573"), addr("203.0.113.15:40001"));
+    let mut p = Punch::new(
+        PunchConfig::default(),
+        1,
+        [(rdv, CandidateKind::Reflexive)],
+        now,
+        1,
+    );
+    let ping = |session, nonce| ProbeBody {
+        kind: ProbeKind::Ping,
+        session,
+        nonce,
+        observed: None,
+    };
+    p.handle_probe(now, prflx, ping(1, 77));
+    let sent: Vec<Transmit> = std::iter::from_fn(|| p.poll_transmit()).collect();
+    let first = sent
+        .iter()
+        .find(|x| x.dst == prflx && x.body.kind == ProbeKind::Ping)
+        .expect("pinged the peer-reflexive address")
+        .body;
+    let later = now + Duration::from_millis(20);
+    p.renew(2, [(rdv, CandidateKind::Reflexive)], later, Spray::Off);
+    assert_eq!(p.session(), 2);
+    p.handle_timeout(later);
+    let round: Vec<Transmit> = std::iter::from_fn(|| p.poll_transmit()).collect();
+    assert!(
+        round
+            .iter()
+            .any(|x| x.dst == prflx && x.body.session == 2 && x.body.kind == ProbeKind::Ping),
+        "{round:?}"
+    );
+    // The peer still punches under session 1: its ping is answered in session 1.
+    p.handle_probe(later, prflx, ping(1, 78));
+    let pong = p.poll_transmit().expect("answered");
+    assert_eq!((pong.body.kind, pong.body.session), (ProbeKind::Pong, 1));
+    // An unrelated session stays ignored.
+    p.handle_probe(later, prflx, ping(9, 79));
+    assert_eq!(p.poll_transmit(), None);
+    // The pong of the ping sent before the renewal proves the path.
+    p.handle_probe(
+        later,
+        prflx,
+        ProbeBody {
+            kind: ProbeKind::Pong,
+            observed: None,
+            ..first
+        },
+    );
+    assert!(matches!(
+        p.poll_event(),
+        Some(PunchEvent::Direct { addr, .. }) if addr == prflx
+    ));
+}
