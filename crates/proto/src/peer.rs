@@ -1,5 +1,5 @@
 //! Daemon ↔ daemon messages on the QUIC connection between two peers (ALPN
-//! `agentmesh-peer/1`), and what daemons leave for each other at the relay.
+//! `agentmesh-peer/2`), and what daemons leave for each other at the relay.
 //!
 //! Streams, each message one frame of [`crate::frame`]:
 //! - **A request opens its own bidirectional stream.** The requester's daemon writes

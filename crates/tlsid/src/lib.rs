@@ -110,8 +110,10 @@ pub const SERVER_NAME: &str = "agentmesh";
 pub const ALPN_RENDEZVOUS: &[u8] = b"agentmesh-rv/1";
 /// ALPN id of the node ↔ blind relay protocol.
 pub const ALPN_RELAY: &[u8] = b"agentmesh-relay/1";
-/// ALPN id of the daemon ↔ daemon peer protocol.
-pub const ALPN_PEER: &[u8] = b"agentmesh-peer/1";
+/// ALPN id of the daemon ↔ daemon peer protocol. `/2`: peer frames of version 2 (binary
+/// envelopes); daemons of the `/1` build fail the handshake with "no application protocol"
+/// instead of connecting and then refusing every frame.
+pub const ALPN_PEER: &[u8] = b"agentmesh-peer/2";
 
 /// Installs ring as the process-wide default rustls `CryptoProvider`. Idempotent; if another
 /// provider was installed first it stays (this crate's configs use ring regardless).
