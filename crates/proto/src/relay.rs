@@ -314,43 +314,6 @@ const SEND_VARIANT: u32 = 2;
 /// Bincode variant index of [`RelayMsg::Recv`] (declaration order; pinned by a test).
 const RECV_VARIANT: u32 = 3;
 
-/// The body of [`ClientMsg::Send`] and [`RelayMsg::Recv`] with the payload borrowed: the
-/// same fields in the same order, so bincode writes and reads the same bytes.
-#[derive(Serialize, Deserialize)]
-struct Forward<'a> {
-    node: NodeId,
-    #[serde(borrow)]
-    payload: BytesRef<'a>,
-}
-
-/// A borrowed byte string, written like [`Payload`] (one length-prefixed byte string).
-struct BytesRef<'a>(&'a [u8]);
-
-impl Serialize for BytesRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for BytesRef<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = BytesRef<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("borrowed bytes")
-            }
-            fn visit_borrowed_bytes<E: serde::de::Error>(
-                self,
-                v: &'de [u8],
-            ) -> Result<Self::Value, E> {
-                Ok(BytesRef(v))
-            }
-        }
-        d.deserialize_bytes(V)
-    }
-}
-
 /// The bincode configuration of [`crate::frame`] (standard, bounded).
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ frame::DEFAULT_MAX_FRAME }>()
@@ -395,17 +358,21 @@ fn encode_forward(
     }
     let len_at = out.len();
     out.extend_from_slice(&[0, 0, 0, 0, frame::FRAME_VERSION]);
-    let body = (
-        variant,
-        Forward {
-            node: *node,
-            payload: BytesRef(payload),
-        },
-    );
-    if let Err(e) = bincode::serde::encode_into_std_write(&body, out, bincode_config()) {
+    // The body as bincode writes the enum: the variant index and the payload's length
+    // as bincode varints, the node id as its 32 bytes, then the payload (checked
+    // against the enum's own encoding by the tests).
+    let put = |n: u64, out: &mut Vec<u8>| {
+        bincode::encode_into_std_write(n, out, bincode_config()).map(drop)
+    };
+    let body = put(u64::from(variant), out).and_then(|()| {
+        out.extend_from_slice(node.as_bytes());
+        put(payload.len() as u64, out)
+    });
+    if let Err(e) = body {
         out.truncate(start);
         return Err(FrameError::Encode(e));
     }
+    out.extend_from_slice(payload);
     let len = out.len() - len_at - 4;
     let Some(len32) = u32::try_from(len).ok().filter(|_| len <= max) else {
         out.truncate(start);
@@ -438,9 +405,16 @@ fn decode_forward(datagram: &[u8], variant: u32, max: usize) -> Option<(NodeId, 
         return None;
     }
     let body = &frame[5..];
-    let ((v, f), used): ((u32, Forward<'_>), usize) =
-        bincode::serde::borrow_decode_from_slice(body, bincode_config()).ok()?;
-    (v == variant && used == body.len()).then_some((f.node, f.payload.0))
+    let take = |b: &[u8]| bincode::decode_from_slice::<u64, _>(b, bincode_config()).ok();
+    let (v, used) = take(body)?;
+    if v != u64::from(variant) {
+        return None;
+    }
+    let rest = body.get(used..)?;
+    let node = NodeId::from_bytes(rest.get(..32)?.try_into().ok()?).ok()?;
+    let (len, used) = take(&rest[32..])?;
+    let payload = rest.get(32 + used..)?;
+    (payload.len() as u64 == len).then_some((node, payload))
 }
 
 #[cfg(test)]
