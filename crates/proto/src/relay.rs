@@ -405,14 +405,15 @@ fn decode_forward(datagram: &[u8], variant: u32, max: usize) -> Option<(NodeId, 
         return None;
     }
     let body = &frame[5..];
-    let take = |b: &[u8]| bincode::decode_from_slice::<u64, _>(b, bincode_config()).ok();
-    let (v, used) = take(body)?;
-    if v != u64::from(variant) {
+    // Read as the enum decoder reads them: the variant index as a u32, the length as a
+    // u64 (bincode's varints), so both accept exactly the same datagrams.
+    let (v, used) = bincode::decode_from_slice::<u32, _>(body, bincode_config()).ok()?;
+    if v != variant {
         return None;
     }
     let rest = body.get(used..)?;
     let node = NodeId::from_bytes(rest.get(..32)?.try_into().ok()?).ok()?;
-    let (len, used) = take(&rest[32..])?;
+    let (len, used) = bincode::decode_from_slice::<u64, _>(&rest[32..], bincode_config()).ok()?;
     let payload = rest.get(32 + used..)?;
     (payload.len() as u64 == len).then_some((node, payload))
 }
@@ -581,6 +582,44 @@ mod tests {
                     let d = encode_datagram(&m, 4096).unwrap();
                     prop_assert_eq!(decode_recv_datagram(&d, 4096), None);
                 }
+            }
+        }
+
+        #[test]
+        fn forward_readers_accept_what_the_decoders_accept(
+            variant in prop::sample::select(vec![
+                vec![2u8], vec![3], vec![0xFB, 2, 0], vec![0xFC, 3, 0, 0, 0], vec![0xFD, 2, 0, 0, 0, 0, 0, 0, 0],
+            ]),
+            len_form in 0usize..3,
+            payload in prop::collection::vec(any::<u8>(), 0..300),
+            extra in 0usize..2,
+        ) {
+            let mut body = variant;
+            body.extend_from_slice(key(9).node_id().as_bytes());
+            let n = payload.len() + extra;
+            match len_form {
+                0 if n < 251 => body.push(n as u8),
+                1 => { body.push(0xFB); body.extend_from_slice(&(n as u16).to_le_bytes()) }
+                _ => { body.push(0xFD); body.extend_from_slice(&(n as u64).to_le_bytes()) }
+            }
+            body.extend_from_slice(&payload);
+            let mut d = UDP_MAGIC.to_vec();
+            d.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+            d.push(frame::FRAME_VERSION);
+            d.extend_from_slice(&body);
+            let send = decode_send_datagram(&d, 4096);
+            match decode_datagram::<ClientMsg>(&d, 4096) {
+                Ok(ClientMsg::Send { to, payload: p }) => {
+                    prop_assert_eq!(send, Some((to, &p.0[..])))
+                }
+                _ => prop_assert_eq!(send, None),
+            }
+            let recv = decode_recv_datagram(&d, 4096);
+            match decode_datagram::<RelayMsg>(&d, 4096) {
+                Ok(RelayMsg::Recv { from, payload: p }) => {
+                    prop_assert_eq!(recv, Some((from, &p.0[..])))
+                }
+                _ => prop_assert_eq!(recv, None),
             }
         }
 
