@@ -1,5 +1,6 @@
 //! Every binary frame decoder: daemon, rendezvous and relay messages, as a stream and as
-//! UDP datagrams. Decoding garbage must return an error, never panic or over-allocate.
+//! UDP datagrams. Decoding garbage must return an error, never panic or over-allocate;
+//! the relay's in-place `Send`/`Recv` readers must agree with the full decoders.
 #![no_main]
 
 use agentmesh_proto::frame::{decode, decode_datagram, DEFAULT_MAX_FRAME};
@@ -23,4 +24,21 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode_datagram::<relay::ClientMsg>(data, 2048);
     let _ = relay::decode_datagram::<relay::ClientMsg>(data, 2048);
     let _ = relay::decode_datagram::<relay::RelayMsg>(data, 2048);
+    // The relay's in-place readers of Send / Recv must agree with the full decoders.
+    if let Some((to, payload)) = relay::decode_send_datagram(data, 2048) {
+        match relay::decode_datagram::<relay::ClientMsg>(data, 2048) {
+            Ok(relay::ClientMsg::Send { to: t, payload: p }) => {
+                assert!(t == to && p.0 == payload, "send fast path disagrees")
+            }
+            other => panic!("send fast path read a datagram the decoder reads as {other:?}"),
+        }
+    }
+    if let Some((from, payload)) = relay::decode_recv_datagram(data, 2048) {
+        match relay::decode_datagram::<relay::RelayMsg>(data, 2048) {
+            Ok(relay::RelayMsg::Recv { from: f, payload: p }) => {
+                assert!(f == from && p.0 == payload, "recv fast path disagrees")
+            }
+            other => panic!("recv fast path read a datagram the decoder reads as {other:?}"),
+        }
+    }
 });

@@ -17,6 +17,13 @@
 //! tagged with `k`; once door `k` wins, that peer's QUIC is sent and received through
 //! it (the other doors close), and the rest of the daemon's traffic stays on the one
 //! socket.
+//!
+//! While the relay link is authenticated over UDP ([`RelayLink::udp_relay`]), relayed
+//! packets do not go through the link's task: the socket frames a quinn transmit as
+//! `Send` datagrams itself (a GSO batch stays one send to the relay) and takes the relay's
+//! `Recv` datagrams in place, QUIC packets moved to the front of the receive buffer (a GRO
+//! batch of them stays one batch for quinn). Everything else from the relay (challenges,
+//! pongs, `PeerGone`, mail) still goes to the link.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -44,7 +51,33 @@ use doors::{Doors, Sinks};
 pub trait RelayLink: Send + Sync + fmt::Debug + 'static {
     /// Hands one QUIC packet for `peer` to the relay; must not block (drop when full).
     fn send(&self, peer: NodeId, packet: &[u8]) -> io::Result<()>;
+
+    /// The relay while the link is authenticated with it over UDP: the socket then frames
+    /// relayed packets itself and sends them to it, and takes its `Recv` datagrams in
+    /// place (see the module doc). `None` (the default): every packet goes through
+    /// [`RelayLink::send`] and every relay datagram to the link.
+    fn udp_relay(&self) -> Option<UdpRelay> {
+        None
+    }
+
+    /// Counts packets the socket framed itself (`sent`) or took in place (`received`),
+    /// so the link's counters include them.
+    fn count_framed(&self, sent: u64, received: u64) {
+        let _ = (sent, received);
+    }
 }
+
+/// Where the socket sends relayed packets itself ([`RelayLink::udp_relay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpRelay {
+    /// The relay's UDP address; only `Recv` datagrams from it are taken in place.
+    pub addr: SocketAddr,
+    /// Largest frame the relay accepts.
+    pub max_frame: usize,
+}
+
+/// Largest datagram batch handed to the socket in one GSO send.
+const MAX_GSO_BYTES: usize = 60_000;
 
 /// A datagram that was not QUIC, for the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +102,10 @@ pub struct SocketStats {
     pub relay_sent: AtomicU64,
     /// QUIC packets received through the relay.
     pub relay_received: AtomicU64,
+    /// Of `relay_sent`, those the socket framed and sent to the relay itself.
+    pub relay_framed: AtomicU64,
+    /// Of `relay_received`, those the socket unwrapped from the relay's datagrams itself.
+    pub relay_unwrapped: AtomicU64,
     /// Datagrams diverted to the daemon.
     pub diverted: AtomicU64,
     /// Datagrams dropped (no path yet, or a full queue).
@@ -137,6 +174,8 @@ pub struct MeshSocket {
     stats: Arc<SocketStats>,
     handshakes: Arc<Mutex<HandshakeLog>>,
     doors: Arc<Doors>,
+    /// Where relayed transmits are framed (reused, so no allocation per transmit).
+    framing: Mutex<Vec<u8>>,
 }
 
 /// The daemon's side of a [`MeshSocket`].
@@ -187,6 +226,7 @@ impl MeshSocket {
             stats: stats.clone(),
             handshakes: handshakes.clone(),
             doors: doors.clone(),
+            framing: Mutex::new(Vec::with_capacity(MAX_GSO_BYTES)),
         };
         let handle = MeshHandle {
             inner,
@@ -235,30 +275,69 @@ impl MeshSocket {
     }
 
     /// Keeps the QUIC datagrams among the first `n` (moving them to the front, source
-    /// addresses mapped), diverts the others; returns how many were kept.
+    /// addresses mapped) and the QUIC packets in the relay's `Recv` datagrams (unwrapped
+    /// in place), diverts the others; returns how many buffers were kept.
     fn filter(&self, n: usize, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let relay = self.relay.udp_relay();
         let mut kept = 0;
+        let mut unwrapped = 0;
         for i in 0..n {
             let m = meta[i];
             let len = m.len.min(bufs[i].len());
-            if classify(&bufs[i][..len]) == Kind::Quic {
+            let keep = match classify(&bufs[i][..len]) {
+                Kind::Quic => Some(RecvMeta {
+                    addr: self.map_incoming(m.addr),
+                    len,
+                    ..m
+                }),
+                Kind::Relay => match relay.filter(|r| same_addr(r.addr, m.addr)) {
+                    Some(r) => {
+                        let u = unwrap_relayed(&mut bufs[i][..len], m.stride, r.max_frame, |d| {
+                            self.divert(m.addr, d)
+                        });
+                        u.map(|u| {
+                            unwrapped += u.packets;
+                            self.routes.count_traffic(&u.from);
+                            RecvMeta {
+                                addr: self.routes.virtual_addr(u.from),
+                                len: u.len,
+                                stride: u.stride,
+                                ecn: None,
+                                dst_ip: None,
+                            }
+                        })
+                    }
+                    None => self.divert_all(m, &bufs[i][..len]),
+                },
+                _ => self.divert_all(m, &bufs[i][..len]),
+            };
+            if let Some(k) = keep {
                 if kept != i {
                     let (head, tail) = bufs.split_at_mut(i);
-                    head[kept][..len].copy_from_slice(&tail[0][..len]);
+                    head[kept][..k.len].copy_from_slice(&tail[0][..k.len]);
                 }
-                meta[kept] = RecvMeta {
-                    addr: self.map_incoming(m.addr),
-                    ..m
-                };
+                meta[kept] = k;
                 kept += 1;
-            } else {
-                let stride = m.stride.max(1);
-                for segment in bufs[i][..len].chunks(stride) {
-                    self.divert(m.addr, segment);
-                }
             }
         }
+        if unwrapped > 0 {
+            self.stats
+                .relay_received
+                .fetch_add(unwrapped, Ordering::Relaxed);
+            self.stats
+                .relay_unwrapped
+                .fetch_add(unwrapped, Ordering::Relaxed);
+            self.relay.count_framed(0, unwrapped);
+        }
         kept
+    }
+
+    /// Diverts every datagram of a (GRO) buffer; keeps nothing.
+    fn divert_all(&self, m: RecvMeta, buf: &[u8]) -> Option<RecvMeta> {
+        for segment in buf.chunks(m.stride.max(1)) {
+            self.divert(m.addr, segment);
+        }
+        None
     }
 
     fn send_relayed(&self, node: NodeId, transmit: &Transmit<'_>) -> io::Result<()> {
@@ -270,6 +349,23 @@ impl MeshSocket {
             if is_long_header(segment) {
                 lock_log(&self.handshakes).record(node, segment);
             }
+        }
+        if let Some(relay) = self.relay.udp_relay() {
+            let mut buf = self.framing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(frames) =
+                frame_for_relay(&mut buf, node, transmit.contents, size, relay.max_frame)
+            {
+                self.send_framed(relay.addr, &buf, frames)?;
+                let packets = transmit.contents.chunks(size).len() as u64;
+                self.stats.relay_sent.fetch_add(packets, Ordering::Relaxed);
+                self.stats
+                    .relay_framed
+                    .fetch_add(packets, Ordering::Relaxed);
+                self.relay.count_framed(packets, 0);
+                return Ok(());
+            }
+        }
+        for segment in transmit.contents.chunks(size) {
             self.relay.send(node, segment)?;
             self.stats.relay_sent.fetch_add(1, Ordering::Relaxed);
         }
@@ -303,6 +399,38 @@ impl MeshSocket {
                 }
                 Err(e) => return Err(e),
             };
+        }
+        Ok(())
+    }
+
+    /// Sends the `Send` datagrams framed in `buf` to the relay: as GSO batches of
+    /// `frames.stride` when they are uniform, else one by one. A full socket buffer is
+    /// returned to quinn (it waits and sends the transmit again; duplicates are dropped
+    /// by QUIC).
+    fn send_framed(&self, relay: SocketAddr, buf: &[u8], frames: Framed) -> io::Result<()> {
+        let mut t = Transmit {
+            destination: relay,
+            ecn: None,
+            contents: buf,
+            segment_size: None,
+            src_ip: None,
+        };
+        let Some(stride) = frames.stride else {
+            for d in frames.lens.iter().scan(0, |at, &len| {
+                let d = buf.get(*at..*at + len);
+                *at += len;
+                d
+            }) {
+                t.contents = d;
+                self.inner.try_send(&t)?;
+            }
+            return Ok(());
+        };
+        let per_send = (MAX_GSO_BYTES / stride).clamp(1, self.inner.max_transmit_segments().max(1));
+        for batch in buf.chunks(per_send * stride) {
+            t.contents = batch;
+            t.segment_size = (batch.len() > stride).then_some(stride);
+            self.inner.try_send(&t)?;
         }
         Ok(())
     }
@@ -449,6 +577,106 @@ impl MeshHandle {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
+}
+
+/// The relay datagrams [`frame_for_relay`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Framed {
+    /// Each datagram's length, in order.
+    lens: Vec<usize>,
+    /// The common length when every datagram but the last has it and the last is not
+    /// longer (a GSO batch), else `None`.
+    stride: Option<usize>,
+}
+
+/// Writes into `buf` (cleared first) one `ClientMsg::Send` datagram to `node` for each
+/// `size`-byte segment of `contents`. `None` when one does not fit the relay's
+/// `max_frame` (the caller then takes the link's path, which counts the drop).
+fn frame_for_relay(
+    buf: &mut Vec<u8>,
+    node: NodeId,
+    contents: &[u8],
+    size: usize,
+    max_frame: usize,
+) -> Option<Framed> {
+    buf.clear();
+    let mut lens = Vec::with_capacity(contents.len() / size.max(1) + 1);
+    for segment in contents.chunks(size.max(1)) {
+        let at = buf.len();
+        agentmesh_proto::relay::encode_send_datagram(buf, &node, segment, max_frame).ok()?;
+        lens.push(buf.len() - at);
+    }
+    let first = *lens.first()?;
+    let uniform = lens.len() > 1
+        && lens[..lens.len() - 1].iter().all(|&l| l == first)
+        && lens.last().is_some_and(|&l| l <= first);
+    let stride = if lens.len() == 1 || uniform {
+        Some(first)
+    } else {
+        None
+    };
+    Some(Framed { lens, stride })
+}
+
+/// What [`unwrap_relayed`] left in the buffer for quinn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unwrapped {
+    /// The peer that sent them through the relay.
+    from: NodeId,
+    /// Bytes of QUIC packets at the front of the buffer.
+    len: usize,
+    /// Size of each packet (the last may be shorter).
+    stride: usize,
+    /// How many packets.
+    packets: u64,
+}
+
+/// Turns the relay datagrams in `buf` (a GRO batch of `stride`-byte datagrams, the last
+/// maybe shorter) into the QUIC packets they carry: every `Recv` from the sender of the
+/// first one, with the payload size of the first one (only the last may be shorter), is
+/// moved to the front of `buf`; every other datagram (another message, another sender,
+/// another size) goes to `divert` untouched. `None` when nothing was kept.
+fn unwrap_relayed(
+    buf: &mut [u8],
+    stride: usize,
+    max_frame: usize,
+    mut divert: impl FnMut(&[u8]),
+) -> Option<Unwrapped> {
+    let stride = stride.max(1);
+    let mut out: Option<Unwrapped> = None;
+    let mut closed = false;
+    let mut start = 0;
+    while start < buf.len() {
+        let end = (start + stride).min(buf.len());
+        let parsed = agentmesh_proto::relay::decode_recv_datagram(&buf[start..end], max_frame)
+            .map(|(from, payload)| (from, payload.len()));
+        let fits = parsed.filter(|&(from, plen)| {
+            plen > 0 && !closed && out.is_none_or(|u| u.from == from && plen <= u.stride)
+        });
+        match fits {
+            Some((from, plen)) => {
+                // The payload is the datagram's tail; everything before `start` is
+                // already used, so the move never overwrites unread bytes.
+                let u = out.get_or_insert(Unwrapped {
+                    from,
+                    len: 0,
+                    stride: plen,
+                    packets: 0,
+                });
+                buf.copy_within(end - plen..end, u.len);
+                u.len += plen;
+                u.packets += 1;
+                closed = plen < u.stride;
+            }
+            None => divert(&buf[start..end]),
+        }
+        start = end;
+    }
+    out
+}
+
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
 
 /// quinn needs IPv6 addresses everywhere once the socket reports an IPv6 address (the

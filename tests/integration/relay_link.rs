@@ -173,6 +173,13 @@ async fn quic_echo_of_one_mib_through_the_relay_over_udp() {
         assert_all_relayed(&a, &sa);
         assert_all_relayed(&b, &sb);
         assert_eq!(sa.transport, Some(RelayTransport::Udp));
+        // Over UDP the sockets frame and unwrap the packets themselves (not the link's
+        // task), GSO batches included.
+        for d in [&a, &b] {
+            let stats = d.mesh.stats();
+            assert!(stats.relay_framed.load(Ordering::Relaxed) > 700);
+            assert!(stats.relay_unwrapped.load(Ordering::Relaxed) > 700);
+        }
         let snap = relay.snapshot();
         assert_eq!((snap.clients_udp, snap.clients_tls), (2, 0));
         assert!(snap.counters.forwarded >= sa.sent.min(sb.sent));
@@ -219,6 +226,15 @@ async fn links_fall_back_to_tls_when_udp_to_the_relay_gets_no_answer() {
         assert_all_relayed(&a, &sa);
         assert_all_relayed(&b, &sb);
         assert_eq!(sa.transport, Some(RelayTransport::Tls));
+        for d in [&a, &b] {
+            let stats = d.mesh.stats();
+            assert_eq!(
+                stats.relay_framed.load(Ordering::Relaxed),
+                0,
+                "tls: the link frames"
+            );
+            assert_eq!(stats.relay_unwrapped.load(Ordering::Relaxed), 0);
+        }
         assert_eq!(sa.transport.unwrap().tier().name(), "relay-tcp");
         let snap = relay.snapshot();
         assert_eq!((snap.clients_udp, snap.clients_tls), (0, 2));

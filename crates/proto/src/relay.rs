@@ -309,6 +309,115 @@ pub fn decode_datagram<T: serde::de::DeserializeOwned>(
     frame::decode_datagram(body, max)
 }
 
+/// Bincode variant index of [`ClientMsg::Send`] (declaration order; pinned by a test).
+const SEND_VARIANT: u32 = 2;
+/// Bincode variant index of [`RelayMsg::Recv`] (declaration order; pinned by a test).
+const RECV_VARIANT: u32 = 3;
+
+/// The bincode configuration of [`crate::frame`] (standard, bounded).
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ frame::DEFAULT_MAX_FRAME }>()
+}
+
+/// Appends to `out` the UDP datagram of [`ClientMsg::Send`] `{ to, payload }`, byte for
+/// byte what [`encode_datagram`] writes, with the payload copied once (straight into
+/// `out`). Lets a sender put several datagrams in one buffer (a GSO batch).
+pub fn encode_send_datagram(
+    out: &mut Vec<u8>,
+    to: &NodeId,
+    payload: &[u8],
+    max: usize,
+) -> Result<(), FrameError> {
+    encode_forward(out, true, SEND_VARIANT, to, payload, max)
+}
+
+/// Appends to `out` [`RelayMsg::Recv`] `{ from, payload }`: a UDP datagram (magic and
+/// frame, as [`encode_datagram`]) when `udp`, else one stream frame (as
+/// [`frame::encode`]). The relay's forwarding path: the payload is copied once.
+pub fn encode_recv(
+    out: &mut Vec<u8>,
+    udp: bool,
+    from: &NodeId,
+    payload: &[u8],
+    max: usize,
+) -> Result<(), FrameError> {
+    encode_forward(out, udp, RECV_VARIANT, from, payload, max)
+}
+
+fn encode_forward(
+    out: &mut Vec<u8>,
+    udp: bool,
+    variant: u32,
+    node: &NodeId,
+    payload: &[u8],
+    max: usize,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    if udp {
+        out.extend_from_slice(&UDP_MAGIC);
+    }
+    let len_at = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, frame::FRAME_VERSION]);
+    // The body as bincode writes the enum: the variant index and the payload's length
+    // as bincode varints, the node id as its 32 bytes, then the payload (checked
+    // against the enum's own encoding by the tests).
+    let put = |n: u64, out: &mut Vec<u8>| {
+        bincode::encode_into_std_write(n, out, bincode_config()).map(drop)
+    };
+    let body = put(u64::from(variant), out).and_then(|()| {
+        out.extend_from_slice(node.as_bytes());
+        put(payload.len() as u64, out)
+    });
+    if let Err(e) = body {
+        out.truncate(start);
+        return Err(FrameError::Encode(e));
+    }
+    out.extend_from_slice(payload);
+    let len = out.len() - len_at - 4;
+    let Some(len32) = u32::try_from(len).ok().filter(|_| len <= max) else {
+        out.truncate(start);
+        return Err(FrameError::TooLarge { len, max });
+    };
+    out[len_at..len_at + 4].copy_from_slice(&len32.to_be_bytes());
+    Ok(())
+}
+
+/// Reads a UDP datagram holding [`ClientMsg::Send`] without copying its payload:
+/// `Some((to, payload))`, or `None` when the datagram is a valid frame of another message
+/// or does not decode (decode it with [`decode_datagram`] then). The payload is always
+/// the datagram's tail.
+pub fn decode_send_datagram(datagram: &[u8], max: usize) -> Option<(NodeId, &[u8])> {
+    decode_forward(datagram, SEND_VARIANT, max)
+}
+
+/// Reads a UDP datagram holding [`RelayMsg::Recv`] without copying its payload:
+/// `Some((from, payload))`, `None` as for [`decode_send_datagram`]. The payload is always
+/// the datagram's tail.
+pub fn decode_recv_datagram(datagram: &[u8], max: usize) -> Option<(NodeId, &[u8])> {
+    decode_forward(datagram, RECV_VARIANT, max)
+}
+
+fn decode_forward(datagram: &[u8], variant: u32, max: usize) -> Option<(NodeId, &[u8])> {
+    let frame = datagram.strip_prefix(&UDP_MAGIC[..])?;
+    let header: [u8; 4] = frame.get(..4)?.try_into().ok()?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len == 0 || len > max || frame.len() != 4 + len || frame[4] != frame::FRAME_VERSION {
+        return None;
+    }
+    let body = &frame[5..];
+    // Read as the enum decoder reads them: the variant index as a u32, the length as a
+    // u64 (bincode's varints), so both accept exactly the same datagrams.
+    let (v, used) = bincode::decode_from_slice::<u32, _>(body, bincode_config()).ok()?;
+    if v != variant {
+        return None;
+    }
+    let rest = body.get(used..)?;
+    let node = NodeId::from_bytes(rest.get(..32)?.try_into().ok()?).ok()?;
+    let (len, used) = bincode::decode_from_slice::<u64, _>(&rest[32..], bincode_config()).ok()?;
+    let payload = rest.get(32 + used..)?;
+    (payload.len() as u64 == len).then_some((node, payload))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +518,121 @@ mod tests {
     fn payload_is_encoded_as_one_byte_string() {
         let small = frame::to_bytes(&Payload(vec![200; 1000])).unwrap();
         assert!(small.len() <= 1003, "len {}", small.len());
+    }
+
+    #[test]
+    fn forward_encoding_refuses_oversize_and_leaves_out_alone() {
+        let mut out = vec![7u8; 3];
+        let to = key(3).node_id();
+        let err = encode_send_datagram(&mut out, &to, &[1; 2000], 1000);
+        assert!(matches!(err, Err(FrameError::TooLarge { .. })), "{err:?}");
+        assert_eq!(out, vec![7u8; 3]);
+        encode_send_datagram(&mut out, &to, &[1; 900], 1000).unwrap();
+        assert_eq!(&out[..3], &[7, 7, 7]);
+        assert_eq!(
+            decode_send_datagram(&out[3..], 1000).unwrap().1,
+            &[1; 900][..]
+        );
+        assert!(
+            decode_send_datagram(&out[3..], 900).is_none(),
+            "frame over max"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn forward_fast_path_matches_the_enum_encoding(
+            n in any::<u64>(),
+            prefix in prop::collection::vec(any::<u8>(), 0..40),
+            bytes in prop::collection::vec(any::<u8>(), 0..1600),
+        ) {
+            let node = key(n as u8).node_id();
+            let send = ClientMsg::Send { to: node, payload: Payload(bytes.clone()) };
+            let mut out = prefix.clone();
+            encode_send_datagram(&mut out, &node, &bytes, 4096).unwrap();
+            let want = encode_datagram(&send, 4096).unwrap();
+            prop_assert_eq!(&out[prefix.len()..], &want[..]);
+            prop_assert_eq!(decode_send_datagram(&want, 4096), Some((node, &bytes[..])));
+            prop_assert_eq!(decode_recv_datagram(&want, 4096), None);
+
+            let recv = RelayMsg::Recv { from: node, payload: Payload(bytes.clone()) };
+            let mut udp = prefix.clone();
+            encode_recv(&mut udp, true, &node, &bytes, 4096).unwrap();
+            let want = encode_datagram(&recv, 4096).unwrap();
+            prop_assert_eq!(&udp[prefix.len()..], &want[..]);
+            let (from, payload) = decode_recv_datagram(&want, 4096).unwrap();
+            prop_assert_eq!(from, node);
+            prop_assert_eq!(payload, &bytes[..]);
+            // The payload is the datagram's tail (receivers move it in place).
+            prop_assert!(std::ptr::eq(payload.as_ptr_range().end, want.as_ptr_range().end));
+            prop_assert_eq!(decode_send_datagram(&want, 4096), None);
+
+            let mut stream = Vec::new();
+            encode_recv(&mut stream, false, &node, &bytes, 4096).unwrap();
+            prop_assert_eq!(stream, frame::encode(&recv, 4096).unwrap());
+
+            for m in client_msgs(n, bytes.clone()) {
+                if !matches!(m, ClientMsg::Send { .. }) {
+                    let d = encode_datagram(&m, 4096).unwrap();
+                    prop_assert_eq!(decode_send_datagram(&d, 4096), None);
+                }
+            }
+            for m in relay_msgs(n, bytes.clone()) {
+                if !matches!(m, RelayMsg::Recv { .. }) {
+                    let d = encode_datagram(&m, 4096).unwrap();
+                    prop_assert_eq!(decode_recv_datagram(&d, 4096), None);
+                }
+            }
+        }
+
+        #[test]
+        fn forward_readers_accept_what_the_decoders_accept(
+            variant in prop::sample::select(vec![
+                vec![2u8], vec![3], vec![0xFB, 2, 0], vec![0xFC, 3, 0, 0, 0], vec![0xFD, 2, 0, 0, 0, 0, 0, 0, 0],
+            ]),
+            len_form in 0usize..3,
+            payload in prop::collection::vec(any::<u8>(), 0..300),
+            extra in 0usize..2,
+        ) {
+            let mut body = variant;
+            body.extend_from_slice(key(9).node_id().as_bytes());
+            let n = payload.len() + extra;
+            match len_form {
+                0 if n < 251 => body.push(n as u8),
+                1 => { body.push(0xFB); body.extend_from_slice(&(n as u16).to_le_bytes()) }
+                _ => { body.push(0xFD); body.extend_from_slice(&(n as u64).to_le_bytes()) }
+            }
+            body.extend_from_slice(&payload);
+            let mut d = UDP_MAGIC.to_vec();
+            d.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+            d.push(frame::FRAME_VERSION);
+            d.extend_from_slice(&body);
+            let send = decode_send_datagram(&d, 4096);
+            match decode_datagram::<ClientMsg>(&d, 4096) {
+                Ok(ClientMsg::Send { to, payload: p }) => {
+                    prop_assert_eq!(send, Some((to, &p.0[..])))
+                }
+                _ => prop_assert_eq!(send, None),
+            }
+            let recv = decode_recv_datagram(&d, 4096);
+            match decode_datagram::<RelayMsg>(&d, 4096) {
+                Ok(RelayMsg::Recv { from, payload: p }) => {
+                    prop_assert_eq!(recv, Some((from, &p.0[..])))
+                }
+                _ => prop_assert_eq!(recv, None),
+            }
+        }
+
+        #[test]
+        fn forward_decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let mut d = UDP_MAGIC.to_vec();
+            d.extend_from_slice(&((bytes.len() + 1) as u32).to_be_bytes());
+            d.push(frame::FRAME_VERSION);
+            d.extend_from_slice(&bytes);
+            let _ = decode_send_datagram(&d, 4096);
+            let _ = decode_recv_datagram(&d, 4096);
+            let _ = decode_recv_datagram(&bytes, 4096);
+        }
     }
 
     proptest! {

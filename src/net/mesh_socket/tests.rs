@@ -392,3 +392,104 @@ async fn a_peer_routed_through_a_door_talks_through_it_and_doors_close() {
     }
     assert!(freed, "door 3's socket was closed");
 }
+
+fn node(seed: u8) -> NodeId {
+    SecretKey::from_bytes(&[seed; 32]).node_id()
+}
+
+/// A `Recv` datagram from `from` carrying `payload`, as the relay writes it.
+fn recv_datagram(from: NodeId, payload: &[u8]) -> Vec<u8> {
+    use agentmesh_proto::relay::{encode_datagram, Payload, RelayMsg};
+    let msg = RelayMsg::Recv {
+        from,
+        payload: Payload(payload.to_vec()),
+    };
+    encode_datagram(&msg, 1 << 20).unwrap()
+}
+
+#[test]
+fn a_gso_transmit_is_framed_as_one_uniform_batch_of_send_datagrams() {
+    use agentmesh_proto::relay::decode_send_datagram;
+    let to = node(7);
+    // Three full 1200-byte packets and a short last one, as quinn hands a GSO batch.
+    let contents: Vec<u8> = (0..3 * 1200 + 300).map(|i| (i % 251) as u8).collect();
+    let mut buf = vec![0xEE; 10];
+    let framed = frame_for_relay(&mut buf, to, &contents, 1200, 1 << 20).unwrap();
+    let stride = framed.stride.expect("uniform");
+    assert_eq!(framed.lens.len(), 4);
+    assert_eq!(&framed.lens[..3], &[stride; 3]);
+    assert!(framed.lens[3] < stride);
+    assert_eq!(
+        buf.len(),
+        framed.lens.iter().sum::<usize>(),
+        "buffer cleared first"
+    );
+    // The kernel cuts the batch at `stride`: each piece is one whole datagram.
+    for (i, d) in buf.chunks(stride).enumerate() {
+        let (dst, payload) = decode_send_datagram(d, 1 << 20).expect("a Send datagram");
+        assert_eq!(dst, to);
+        let want = &contents[i * 1200..((i + 1) * 1200).min(contents.len())];
+        assert_eq!(payload, want);
+    }
+    // One packet: a single datagram.
+    let one = frame_for_relay(&mut buf, to, &contents[..1000], 1000, 1 << 20).unwrap();
+    assert_eq!(one.lens, vec![buf.len()]);
+    assert_eq!(one.stride, Some(buf.len()));
+    // A frame over the relay's limit: the socket leaves it to the link.
+    assert_eq!(frame_for_relay(&mut buf, to, &contents, 1200, 1000), None);
+}
+
+#[test]
+fn relayed_packets_are_unwrapped_in_place_and_strangers_diverted() {
+    let (a, b) = (node(1), node(2));
+    let pa: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 10; 100]).collect();
+    let last = vec![99u8; 60];
+    // A GRO batch: segments of one size (the stride), the last one shorter.
+    let segs = [
+        recv_datagram(a, &pa[0]),
+        recv_datagram(b, &[5u8; 100]), // another sender: to the link
+        recv_datagram(a, &pa[1]),
+        recv_datagram(a, &pa[2]),
+        recv_datagram(a, &last),
+    ];
+    let stride = segs[0].len();
+    assert!(segs[..4].iter().all(|s| s.len() == stride));
+    let mut buf: Vec<u8> = segs.concat();
+    let mut diverted = Vec::new();
+    let u = unwrap_relayed(&mut buf, stride, 1 << 20, |d| diverted.push(d.to_vec())).unwrap();
+    assert_eq!(
+        (u.from, u.len, u.stride, u.packets),
+        (a, 360, 100, 4),
+        "{u:?}"
+    );
+    let want: Vec<u8> = [&pa[0][..], &pa[1], &pa[2], &last].concat();
+    assert_eq!(&buf[..u.len], &want[..]);
+    assert_eq!(diverted, vec![segs[1].clone()]);
+
+    // A datagram that is not a Recv (a pong) goes to the link untouched.
+    let pong = agentmesh_proto::relay::encode_datagram(
+        &agentmesh_proto::relay::RelayMsg::Pong { n: 3 },
+        1 << 20,
+    )
+    .unwrap();
+    let first = recv_datagram(b, &[1, 2, 3]);
+    assert!(pong.len() < first.len());
+    let mut buf = [first.clone(), pong.clone()].concat();
+    let mut diverted = Vec::new();
+    let u = unwrap_relayed(&mut buf, first.len(), 1 << 20, |d| {
+        diverted.push(d.to_vec())
+    });
+    assert_eq!(diverted, vec![pong.clone()]);
+    let u = u.unwrap();
+    assert_eq!((u.from, u.len, u.stride, u.packets), (b, 3, 3, 1));
+    assert_eq!(&buf[..3], &[1, 2, 3]);
+
+    // Nothing usable: nothing kept, everything diverted.
+    let mut buf = pong.clone();
+    let mut n = 0;
+    assert_eq!(
+        unwrap_relayed(&mut buf, pong.len(), 1 << 20, |_| n += 1),
+        None
+    );
+    assert_eq!(n, 1);
+}

@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use agentmesh_proto::frame::DEFAULT_MAX_FRAME;
 use agentmesh_proto::relay::StoreOutcome;
 use agentmesh_proto::{NodeId, SecretKey};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,8 +22,8 @@ use tracing::{debug, info};
 use super::events::{LinkEvent, LinkTransmit};
 use super::state::RelayLinkState;
 use super::tls::{TlsConn, TlsInput};
-use super::{RelayLinkConfig, RelayLinkStatus};
-use crate::net::mesh_socket::{MeshHandle, RelayLink};
+use super::{RelayLinkConfig, RelayLinkStatus, RelayTransport};
+use crate::net::mesh_socket::{MeshHandle, RelayLink, UdpRelay};
 
 /// Packets queued from the socket to the driver; beyond it the socket's packets are
 /// dropped (QUIC sees loss and slows down).
@@ -36,12 +38,48 @@ const GONE_QUEUE: usize = 256;
 const BATCH: usize = 64;
 
 /// The [`RelayLink`] given to the `MeshSocket`: hands packets to the driver without
-/// blocking (a full queue drops the packet and counts it). Cheap to clone.
+/// blocking (a full queue drops the packet and counts it), and tells the socket the
+/// relay's UDP address while the link is up over UDP (the socket then frames and
+/// unwraps relayed packets itself). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct RelayLinkSender {
     tx: mpsc::Sender<(NodeId, Vec<u8>)>,
     dropped: Arc<AtomicU64>,
+    framed: Arc<Framed>,
 }
+
+/// What the driver and the socket share about the socket's own framing.
+#[derive(Debug, Default)]
+struct Framed {
+    /// Set by the driver while the link is authenticated over UDP.
+    relay: Mutex<Option<UdpRelay>>,
+    /// Packets the socket framed itself.
+    sent: AtomicU64,
+    /// `Recv` packets the socket unwrapped itself.
+    received: AtomicU64,
+    /// The link's own counts (its task's), as of its last step.
+    link_sent: AtomicU64,
+    /// See `link_sent`.
+    link_received: AtomicU64,
+}
+
+impl Framed {
+    fn relay(&self) -> MutexGuard<'_, Option<UdpRelay>> {
+        self.relay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Packets sent and received through the relay: the link's and the socket's.
+    fn totals(&self) -> (u64, u64) {
+        let sent = self.link_sent.load(Ordering::Relaxed) + self.sent.load(Ordering::Relaxed);
+        let received =
+            self.link_received.load(Ordering::Relaxed) + self.received.load(Ordering::Relaxed);
+        (sent, received)
+    }
+}
+
+/// How often the published status is refreshed while nothing else happens (the
+/// socket's own framing does not wake the link's task).
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
 
 impl RelayLink for RelayLinkSender {
     fn send(&self, peer: NodeId, packet: &[u8]) -> io::Result<()> {
@@ -49,6 +87,15 @@ impl RelayLink for RelayLinkSender {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    fn udp_relay(&self) -> Option<UdpRelay> {
+        *self.framed.relay()
+    }
+
+    fn count_framed(&self, sent: u64, received: u64) {
+        self.framed.sent.fetch_add(sent, Ordering::Relaxed);
+        self.framed.received.fetch_add(received, Ordering::Relaxed);
     }
 }
 
@@ -60,6 +107,7 @@ pub struct RelayLinkDriver {
     key: SecretKey,
     outgoing: mpsc::Receiver<(NodeId, Vec<u8>)>,
     dropped: Arc<AtomicU64>,
+    framed: Arc<Framed>,
 }
 
 /// A stored message the relay delivered (sealed to this node's key).
@@ -101,6 +149,8 @@ pub struct RelayLinkHandle {
     task: JoinHandle<()>,
     mail: Option<mpsc::Receiver<Mail>>,
     gone: Option<mpsc::Receiver<NodeId>>,
+    /// Cleared when the link stops, so the socket stops framing for it.
+    framed: Arc<Framed>,
 }
 
 /// Tells a running link that the network changed (cheap to clone).
@@ -121,15 +171,18 @@ impl RelayLinkPoke {
 pub fn relay_link(config: RelayLinkConfig, key: SecretKey) -> (RelayLinkSender, RelayLinkDriver) {
     let (tx, outgoing) = mpsc::channel(OUTGOING_QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
+    let framed = Arc::new(Framed::default());
     let sender = RelayLinkSender {
         tx,
         dropped: dropped.clone(),
+        framed: framed.clone(),
     };
     let driver = RelayLinkDriver {
         config,
         key,
         outgoing,
         dropped,
+        framed,
     };
     (sender, driver)
 }
@@ -145,7 +198,7 @@ impl RelayLinkDriver {
     ) -> RelayLinkHandle {
         let now = tokio::time::Instant::now().into_std();
         let state = RelayLinkState::new(self.config, self.key, now);
-        let (status_tx, status) = watch::channel(snapshot(&state, 0));
+        let (status_tx, status) = watch::channel(snapshot(&state, 0, &self.framed));
         let (tls_tx, tls_rx) = mpsc::channel(TLS_QUEUE);
         let (mail_tx, mail) = mpsc::channel(MAIL_QUEUE);
         let (gone_tx, gone) = mpsc::channel(GONE_QUEUE);
@@ -168,6 +221,7 @@ impl RelayLinkDriver {
             gone: gone_tx,
             sender_dropped: self.dropped,
             io_dropped: 0,
+            framed: self.framed.clone(),
         };
         let task = tokio::spawn(driver.run(stop_rx));
         RelayLinkHandle {
@@ -178,14 +232,18 @@ impl RelayLinkDriver {
             task,
             mail: Some(mail),
             gone: Some(gone),
+            framed: self.framed,
         }
     }
 }
 
 impl RelayLinkHandle {
-    /// The link's status now.
+    /// The link's status now (packet counts up to date; the [`watch`](Self::watch)ed
+    /// value refreshes them at least every second).
     pub fn status(&self) -> RelayLinkStatus {
-        self.status.borrow().clone()
+        let mut s = self.status.borrow().clone();
+        (s.sent, s.received) = self.framed.totals();
+        s
     }
 
     /// A handle to tell the link the network changed.
@@ -226,6 +284,7 @@ impl RelayLinkHandle {
 impl Drop for RelayLinkHandle {
     fn drop(&mut self) {
         self.task.abort();
+        *self.framed.relay() = None;
     }
 }
 
@@ -233,14 +292,17 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-fn snapshot(state: &RelayLinkState, extra_dropped: u64) -> RelayLinkStatus {
+fn snapshot(state: &RelayLinkState, extra_dropped: u64, framed: &Framed) -> RelayLinkStatus {
     let c = state.counters();
+    framed.link_sent.store(c.sent, Ordering::Relaxed);
+    framed.link_received.store(c.received, Ordering::Relaxed);
+    let (sent, received) = framed.totals();
     RelayLinkStatus {
         connected: state.is_connected(),
         transport: state.transport(),
         relay: state.relay_addr(),
-        sent: c.sent,
-        received: c.received,
+        sent,
+        received,
         dropped: c.dropped + extra_dropped,
         peer_gone: c.peer_gone,
         connects: c.connects,
@@ -269,10 +331,14 @@ struct Driver {
     sender_dropped: Arc<AtomicU64>,
     /// Transmits that failed here (socket errors, full TLS writer).
     io_dropped: u64,
+    /// The socket's own framing: the relay address is set here.
+    framed: Arc<Framed>,
 }
 
 impl Driver {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let mut refresh = tokio::time::interval(STATUS_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.flush();
             let deadline = self
@@ -315,9 +381,12 @@ impl Driver {
                     }
                 }
                 _ = timer => self.state.handle_timeout(now()),
+                // Publishes the socket's counts (flush at the top of the loop).
+                _ = refresh.tick() => {}
             }
         }
         self.tls = None;
+        *self.framed.relay() = None;
     }
 
     fn on_tls(&mut self, input: TlsInput) {
@@ -342,8 +411,18 @@ impl Driver {
         while let Some(e) = self.state.poll_event() {
             self.event(e);
         }
+        let relay = (self.state.transport() == Some(RelayTransport::Udp)).then(|| UdpRelay {
+            addr: self.state.relay_addr(),
+            max_frame: DEFAULT_MAX_FRAME,
+        });
+        {
+            let mut shared = self.framed.relay();
+            if *shared != relay {
+                *shared = relay;
+            }
+        }
         let extra = self.io_dropped + self.sender_dropped.load(Ordering::Relaxed);
-        let now = snapshot(&self.state, extra);
+        let now = snapshot(&self.state, extra, &self.framed);
         self.status.send_if_modified(|s| {
             let changed = *s != now;
             *s = now;

@@ -235,9 +235,40 @@ impl<S: MailStore> Relay<S> {
         if !self.admit(now, link, bytes.len()) {
             return;
         }
+        // The bulk of the traffic: read `Send` in place (no copy of the payload).
+        if let Some((to, payload)) = wire::decode_send_datagram(bytes, self.limits.max_frame) {
+            match self.authed_node(&link) {
+                Some(node) => self.forward(link, node, to, payload),
+                None => self.counters.dropped_unauthenticated += 1,
+            }
+            return;
+        }
         match wire::decode_datagram::<ClientMsg>(bytes, self.limits.max_frame) {
             Ok(msg) => self.handle_msg(now, link, msg, bytes.len()),
             Err(_) => self.counters.dropped_malformed += 1,
+        }
+    }
+
+    /// The node authenticated on `link`, if any.
+    fn authed_node(&self, link: &Link) -> Option<NodeId> {
+        match self.links.get(link).map(|l| &l.state) {
+            Some(State::Authed(a)) => Some(a.node),
+            _ => None,
+        }
+    }
+
+    /// Forwards `payload` from `node` (authenticated on `link`) to `to`, or tells `link`
+    /// that `to` is not connected.
+    fn forward(&mut self, link: Link, node: NodeId, to: NodeId, payload: &[u8]) {
+        match self.nodes.get(&to) {
+            Some(&dst) => {
+                self.counters.forwarded += 1;
+                self.send_recv(dst, node, payload);
+            }
+            None => {
+                self.counters.peer_gone += 1;
+                self.send(link, &RelayMsg::PeerGone { node: to });
+            }
         }
     }
 
@@ -262,10 +293,7 @@ impl<S: MailStore> Relay<S> {
     }
 
     fn handle_msg(&mut self, now: Instant, link: Link, msg: ClientMsg, wire_len: usize) {
-        let node = match self.links.get(&link).map(|l| &l.state) {
-            Some(State::Authed(a)) => Some(a.node),
-            _ => None,
-        };
+        let node = self.authed_node(&link);
         match (msg, node) {
             (ClientMsg::Hello { version, .. }, _) => self.on_hello(now, link, version, wire_len),
             (ClientMsg::Auth { node, signature }, _) => self.on_auth(now, link, node, signature),
@@ -281,22 +309,7 @@ impl<S: MailStore> Relay<S> {
 
     fn on_client_msg(&mut self, now: Instant, link: Link, node: NodeId, msg: ClientMsg) {
         match msg {
-            ClientMsg::Send { to, payload } => match self.nodes.get(&to) {
-                Some(&dst) => {
-                    self.counters.forwarded += 1;
-                    self.send(
-                        dst,
-                        &RelayMsg::Recv {
-                            from: node,
-                            payload,
-                        },
-                    );
-                }
-                None => {
-                    self.counters.peer_gone += 1;
-                    self.send(link, &RelayMsg::PeerGone { node: to });
-                }
-            },
+            ClientMsg::Send { to, payload } => self.forward(link, node, to, &payload.0),
             ClientMsg::Store { id, to, sealed } => {
                 self.on_store(now, link, node, id, to, &sealed.0)
             }

@@ -3,14 +3,17 @@
 
 use std::net::SocketAddr;
 
-use agentmesh_proto::frame;
 use agentmesh_proto::relay::{self as wire, RelayMsg};
+use agentmesh_proto::{frame, NodeId};
 
 use super::{ConnId, Event, Link, Relay, State};
 use crate::store::MailStore;
 
 /// Bound on datagrams queued to addresses without link state (refusals).
 const MAX_UDP_CONTROL: usize = 256;
+/// Bytes a `Recv` datagram adds around its payload (magic, frame header, variant, node
+/// id, payload length), rounded up: the allocation then never grows.
+const RECV_OVERHEAD: usize = 48;
 
 /// What [`Relay::poll_stream`] has for a connection.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,6 +39,32 @@ impl<S: MailStore> Relay<S> {
             self.counters.dropped_oversize += 1;
             return;
         };
+        self.enqueue(link, bytes);
+    }
+
+    /// Queues `RelayMsg::Recv { from, payload }` for `link`, encoded straight from the
+    /// borrowed payload (the forwarding path: one copy, one allocation).
+    pub(super) fn send_recv(&mut self, link: Link, from: NodeId, payload: &[u8]) {
+        let max = self.limits.max_out_frame();
+        let mut bytes = Vec::with_capacity(payload.len() + RECV_OVERHEAD);
+        if wire::encode_recv(
+            &mut bytes,
+            matches!(link, Link::Udp(_)),
+            &from,
+            payload,
+            max,
+        )
+        .is_err()
+        {
+            self.counters.dropped_oversize += 1;
+            return;
+        }
+        self.enqueue(link, bytes);
+    }
+
+    /// Puts an encoded frame in `link`'s queue (or the control queue for an address
+    /// without link state) and signals the driver.
+    fn enqueue(&mut self, link: Link, bytes: Vec<u8>) {
         let (qf, qb) = (self.limits.queue_frames, self.limits.queue_bytes);
         let Some(ls) = self.links.get_mut(&link) else {
             if let Link::Udp(addr) = link {

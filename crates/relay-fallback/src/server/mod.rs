@@ -170,7 +170,7 @@ pub async fn start(
     opts: StartOptions,
 ) -> Result<RelayHandle, ServerError> {
     let udp = match cfg.udp_listen {
-        Some(addr) => Some(udp::bind(addr).await?),
+        Some(addr) => Some(udp::bind(addr)?),
         None => None,
     };
     let tls = match cfg.tls_listen {
@@ -181,7 +181,7 @@ pub async fn start(
         Some(addr) => Some(bind_tcp(addr).await?),
         None => None,
     };
-    start_on(cfg, key, store, opts, RelaySockets { udp, tls, admin }).await
+    serve(cfg, key, store, opts, udp, tls, admin)
 }
 
 async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
@@ -200,6 +200,20 @@ pub async fn start_on(
     opts: StartOptions,
     sockets: RelaySockets,
 ) -> Result<RelayHandle, ServerError> {
+    let udp = sockets.udp.map(udp::UdpIo::Dyn);
+    serve(cfg, key, store, opts, udp, sockets.tls, sockets.admin)
+}
+
+/// Starts the tasks on the given sockets.
+fn serve(
+    cfg: &Config,
+    key: SecretKey,
+    store: BoxStore,
+    opts: StartOptions,
+    udp: Option<udp::UdpIo>,
+    tls: Option<tokio::net::TcpListener>,
+    admin: Option<tokio::net::TcpListener>,
+) -> Result<RelayHandle, ServerError> {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let relay_id = key.node_id();
@@ -213,7 +227,7 @@ pub async fn start_on(
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-    let udp_addr = match sockets.udp {
+    let udp_addr = match udp {
         Some(sock) => {
             let addr = cfg.udp_listen.unwrap_or(unspecified);
             Some(udp::spawn(
@@ -226,7 +240,7 @@ pub async fn start_on(
         }
         None => None,
     };
-    let tls_addr = match sockets.tls {
+    let tls_addr = match tls {
         Some(l) => {
             let addr = cfg.tls_listen.unwrap_or(unspecified);
             Some(tls::spawn(
@@ -240,7 +254,7 @@ pub async fn start_on(
         }
         None => None,
     };
-    let admin_addr = match sockets.admin {
+    let admin_addr = match admin {
         Some(l) => {
             let addr = cfg.admin_listen.unwrap_or(unspecified);
             Some(admin::spawn(
