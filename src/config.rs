@@ -56,6 +56,8 @@ pub struct DaemonConfig {
     pub default_request_timeout_ms: u64,
     /// Bytes queued for a client that stopped reading before it is dropped.
     pub max_queued_bytes: usize,
+    /// Worker threads of the daemon's async runtime; 0 = one per CPU core.
+    pub worker_threads: usize,
     /// UDP address of the daemon's one socket (QUIC, STUN, probes, relay frames);
     /// port 0 picks any.
     pub listen: String,
@@ -110,6 +112,18 @@ fn default_tenant() -> String {
     "default".into()
 }
 
+impl DaemonConfig {
+    /// The async runtime `agentmeshd` runs on: multi-thread, with `worker_threads`
+    /// workers (one per core when 0).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if self.worker_threads > 0 {
+            builder.worker_threads(self.worker_threads);
+        }
+        builder.enable_all().build()
+    }
+}
+
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
@@ -120,6 +134,7 @@ impl Default for DaemonConfig {
             max_line_bytes: 1024 * 1024,
             default_request_timeout_ms: 300_000,
             max_queued_bytes: 16 * 1024 * 1024,
+            worker_threads: 0,
             listen: "0.0.0.0:0".into(),
             stun_servers: Vec::new(),
             upnp: true,

@@ -51,10 +51,7 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = config.runtime().context("starting the async runtime")?;
     runtime.block_on(async {
         let daemon = Daemon::start(&config)?;
         info!(node_id = %daemon.node_id(), socket = %config.socket.display(), "agentmeshd ready");

@@ -84,6 +84,10 @@ struct Args {
     /// Warm emits after the cold one.
     #[arg(long, default_value_t = 50)]
     fanout_emits: usize,
+    /// `worker_threads` of the measured daemons (agentmeshd's setting; 0 = one per
+    /// core, its default): the rtt pairs' own runtimes and the separate-process daemon.
+    #[arg(long, default_value_t = 0)]
+    daemon_workers: usize,
     /// Where the JSON goes.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
@@ -184,7 +188,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         mesh::bench_limits()
     };
     eprintln!("starting rendezvous and relay");
-    let services = mesh::start_services(dir.path(), limits).await?;
+    let services = mesh::start_services(dir.path(), limits, args.daemon_workers).await?;
     let has = |p: Part| args.parts.contains(&p);
     if has(Part::Footprint) {
         report.footprint = idle_daemon_rss(&services, dir.path()).await?;

@@ -33,6 +33,8 @@ use crate::firewall::Firewalled;
 pub(crate) struct Services {
     pub(crate) rv: Running,
     pub(crate) relay: RelayHandle,
+    /// `worker_threads` of every daemon's configuration (0: one per core).
+    pub(crate) daemon_workers: usize,
 }
 
 /// Relay limits with the per-client rate limits out of the way (a benchmark measures
@@ -60,7 +62,11 @@ pub(crate) async fn start_relay(limits: Limits) -> anyhow::Result<RelayHandle> {
     Ok(agentmesh_relay::start(&cfg, key, store, StartOptions::default()).await?)
 }
 
-pub(crate) async fn start_services(dir: &Path, limits: Limits) -> anyhow::Result<Services> {
+pub(crate) async fn start_services(
+    dir: &Path,
+    limits: Limits,
+    daemon_workers: usize,
+) -> anyhow::Result<Services> {
     let text = format!(
         "listen = \"127.0.0.1:0\"\nstun_alt = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
          key_file = \"{d}/rv.key\"\ndatabase = \"{d}/rv.sqlite\"\n\
@@ -70,7 +76,11 @@ pub(crate) async fn start_services(dir: &Path, limits: Limits) -> anyhow::Result
     let cfg = RvConfig::parse(&text)?;
     let rv = server::start(cfg, SecretKey::from_bytes(&[201; 32])).await?;
     let relay = start_relay(limits).await?;
-    Ok(Services { rv, relay })
+    Ok(Services {
+        rv,
+        relay,
+        daemon_workers,
+    })
 }
 
 impl Services {
@@ -102,7 +112,7 @@ impl Services {
         let tls = self.relay.tls_addr.context("relay without TLS")?;
         let text = format!(
             "socket = \"{d}/{name}.sock\"\nstate_dir = \"{d}/{name}\"\nlisten = \"127.0.0.1:0\"\n\
-             upnp = false\nadmin = \"\"\nstun_servers = [{stun}]\n\
+             upnp = false\nadmin = \"\"\nstun_servers = [{stun}]\nworker_threads = {workers}\n\
              [rendezvous]\naddr = \"{rv}\"\nnode_id = \"{rv_id}\"\ntenant = \"bench\"\n\
              token = \"bench-token\"\n\
              [relay]\nnode_id = \"{relay_id}\"\nudp = \"{udp}\"\ntls = \"{tls}\"\n",
@@ -111,6 +121,7 @@ impl Services {
             rv = self.rv.udp_addr,
             rv_id = self.rv.id,
             relay_id = self.relay.relay_id,
+            workers = self.daemon_workers,
         );
         Ok(text)
     }
@@ -180,8 +191,8 @@ pub(crate) async fn run_daemon(
     })
 }
 
-/// Starts a daemon as [`run_daemon`] does, but on a multi-thread runtime of its own (one
-/// worker per core, as `agentmeshd` builds it), so the two daemons of a pair and the
+/// Starts a daemon as [`run_daemon`] does, but on a runtime of its own, built as
+/// `agentmeshd` builds it (`DaemonConfig::runtime`), so the two daemons of a pair and the
 /// bench's agents do not share worker threads, as separate processes would not.
 pub(crate) async fn run_daemon_alone(
     config: &DaemonConfig,
@@ -191,10 +202,7 @@ pub(crate) async fn run_daemon_alone(
     let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<Arc<AtomicU64>>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::task::spawn_blocking(move || {
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        let runtime = match config.runtime() {
             Ok(r) => r,
             Err(e) => {
                 let _ = ready_tx.send(Err(e.into()));
