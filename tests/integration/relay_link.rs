@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use agentmesh::net::demux::Kind;
 use agentmesh::net::mesh_socket::{MeshHandle, MeshSocket};
+use agentmesh::net::peers;
 use agentmesh::net::relay_link::{
     relay_link, RelayLinkConfig, RelayLinkHandle, RelayLinkStatus, RelayTransport,
 };
 use agentmesh::net::routes::{Path, Routes};
 use agentmesh_proto::{NodeId, SecretKey};
 use agentmesh_relay::{Config, MemStore, RelayHandle, StartOptions};
-use agentmesh_tlsid::{ClientAuth, ServerPin, ALPN_PEER};
+use agentmesh_tlsid::{ClientAuth, ALPN_PEER};
 use quinn::{Endpoint, TokioRuntime};
 use tokio::sync::mpsc;
 
@@ -111,16 +112,7 @@ async fn echo_through_relay(a: &Daemon, b: &Daemon) -> f64 {
     a.routes.set_path(nb, Path::Relay);
     b.routes.set_path(na, Path::Relay);
     spawn_echo_server(b.endpoint.clone());
-    let client =
-        agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(nb), &[ALPN_PEER])
-            .unwrap();
-    let conn = a
-        .endpoint
-        .connect_with(
-            client,
-            a.routes.virtual_addr(nb),
-            agentmesh_tlsid::SERVER_NAME,
-        )
+    let conn = peers::dial(&a.endpoint, &a.key, nb, a.routes.virtual_addr(nb))
         .unwrap()
         .await
         .unwrap();

@@ -6,10 +6,11 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use agentmesh_proto::SecretKey;
-use agentmesh_tlsid::{ClientAuth, ServerPin, ALPN_PEER};
+use agentmesh_tlsid::{ClientAuth, ALPN_PEER};
 use quinn::{Endpoint, TokioRuntime};
 
 use super::*;
+use crate::net::peers::dial;
 
 /// A relay in memory: hands packets straight to the other side's socket.
 #[derive(Debug, Default)]
@@ -85,15 +86,7 @@ fn spawn_echo_server(endpoint: Endpoint) -> tokio::task::JoinHandle<NodeId> {
 
 /// Connects `a` to `b` (pinning `b`'s node id) through `a`'s virtual address for it.
 async fn connect(a: &Side, b: NodeId) -> quinn::Connection {
-    let client =
-        agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(b), &[ALPN_PEER])
-            .unwrap();
-    a.endpoint
-        .connect_with(
-            client,
-            a.routes.virtual_addr(b),
-            agentmesh_tlsid::SERVER_NAME,
-        )
+    dial(&a.endpoint, &a.key, b, a.routes.virtual_addr(b))
         .unwrap()
         .await
         .unwrap()
@@ -178,17 +171,7 @@ async fn a_peer_without_a_path_is_answered_through_the_relay() {
     *a.relay.to.lock().unwrap() = Some(b.handle.clone());
     *b.relay.to.lock().unwrap() = Some(a.handle.clone());
     let nb = b.key.node_id();
-    let client =
-        agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(nb), &[ALPN_PEER])
-            .unwrap();
-    let connecting = a
-        .endpoint
-        .connect_with(
-            client,
-            a.routes.virtual_addr(nb),
-            agentmesh_tlsid::SERVER_NAME,
-        )
-        .unwrap();
+    let connecting = dial(&a.endpoint, &a.key, nb, a.routes.virtual_addr(nb)).unwrap();
     let server = b.endpoint.clone();
     tokio::spawn(async move {
         if let Some(i) = server.accept().await {
@@ -253,17 +236,7 @@ async fn a_handshake_the_relay_lost_completes_as_soon_as_the_path_is_direct() {
     a.routes.set_path(nb, Path::Relay);
     b.routes.set_path(na, Path::Relay);
     spawn_echo_server(b.endpoint.clone());
-    let client =
-        agentmesh_tlsid::quinn_client_config(Some(&a.key), ServerPin::Node(nb), &[ALPN_PEER])
-            .unwrap();
-    let connecting = a
-        .endpoint
-        .connect_with(
-            client,
-            a.routes.virtual_addr(nb),
-            agentmesh_tlsid::SERVER_NAME,
-        )
-        .unwrap();
+    let connecting = dial(&a.endpoint, &a.key, nb, a.routes.virtual_addr(nb)).unwrap();
     let dial = tokio::spawn(connecting);
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(a.handle.stats().relay_sent.load(Ordering::Relaxed) > 0);

@@ -260,18 +260,9 @@ impl Sessions {
         // Listen before `prepare`, which may ask for the introduction that is refused.
         let gone = self.absence.subscribe();
         self.paths.prepare(node).await?;
-        let config = agentmesh_tlsid::quinn_client_config(
-            Some(&self.key),
-            ServerPin::Node(node),
-            &[ALPN_PEER],
-        )
-        .map_err(|e| unreachable(node, e))?;
-        let config = with_stream_limits(config);
         let addr = self.routes.virtual_addr(node);
-        let connecting = self
-            .endpoint
-            .connect_with(config, addr, SERVER_NAME)
-            .map_err(|e| unreachable(node, e))?;
+        let connecting =
+            dial(&self.endpoint, &self.key, node, addr).map_err(|e| unreachable(node, e))?;
         let conn = tokio::select! {
             r = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => match r {
                 Ok(Ok(c)) => c,
@@ -580,6 +571,31 @@ fn peer_of(conn: &Connection) -> Option<NodeId> {
         return None;
     }
     agentmesh_tlsid::peer_node_id_quic(conn).ok()
+}
+
+/// Why a handshake with a peer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The client config could not be built from our key.
+    #[error("client config: {0}")]
+    Config(#[from] agentmesh_tlsid::TlsIdError),
+    /// quinn refused to start the handshake.
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+}
+
+/// Starts the QUIC handshake of a peer session with `node` at `addr` (its virtual
+/// address, so the mesh socket routes it): our node certificate from `key`, `node`'s
+/// pinned, ALPN [`ALPN_PEER`], the peer stream limits.
+pub fn dial(
+    endpoint: &Endpoint,
+    key: &SecretKey,
+    node: NodeId,
+    addr: std::net::SocketAddr,
+) -> Result<quinn::Connecting, DialError> {
+    let config =
+        agentmesh_tlsid::quinn_client_config(Some(key), ServerPin::Node(node), &[ALPN_PEER])?;
+    Ok(endpoint.connect_with(with_stream_limits(config), addr, SERVER_NAME)?)
 }
 
 /// Sets the peer stream limits ([`MAX_STREAMS`], [`MAX_EVENT_STREAMS`]): every in-flight
