@@ -6,7 +6,9 @@
 //! local API socket (the filesystem is shared across namespaces):
 //!
 //! 1. every unordered pair of sites: discovery, an `echo` request a→b, and the path a
-//!    settles on for b, judged by the oracle `punch_matrix::expected_daemon`;
+//!    settles on for b, judged by the oracle `punch_matrix::expected` (the full daemon
+//!    achieves all of it, many-port probing included, on the tier `expected_tier`
+//!    names);
 //! 2. faults on a direct pair: the relay dies (nothing noticed); the rendezvous stops,
 //!    then crashes (its host drops every packet, as after `kill -9`): each time sessions
 //!    keep working, `discover` fails with DEPENDENCY_FAILED, and once it is back with
@@ -27,7 +29,7 @@ use netsim::Preset;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::punch_matrix::{expected_daemon as expected, expected_tier};
+use crate::punch_matrix::{expected, expected_tier};
 
 const RV_PORT: u16 = 4433;
 const RV_STUN_ALT: u16 = 3479;

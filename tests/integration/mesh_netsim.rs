@@ -19,7 +19,7 @@ use agentmesh::simworld::{SiteSpec, World};
 use netsim::Preset;
 use serde_json::{json, Value};
 
-use crate::punch_matrix::{expected_daemon as expected, expected_tier};
+use crate::punch_matrix::{expected, expected_tier};
 
 /// (caller daemon, callee daemon), indices into the world's daemons.
 type Job = (usize, usize);

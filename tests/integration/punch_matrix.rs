@@ -66,15 +66,6 @@ pub(crate) fn expected(a: Preset, b: Preset) -> (bool, &'static str) {
     }
 }
 
-/// What the full daemon achieves (in netsim and on real NAT in the netns matrices): the
-/// oracle, many-port probing included. The daemon opens the hard side's extra sockets
-/// (doors) next to its one socket and carries the winning peer's QUIC on the door that
-/// won, so random-symmetric x port-restricted goes direct, on the tier
-/// [`expected_tier`] names.
-pub(crate) fn expected_daemon(a: Preset, b: Preset) -> (bool, &'static str) {
-    expected(a, b)
-}
-
 /// What a harness with one UDP socket per side achieves (`punch_matrix_netns`, which
 /// drives `PeerPath` over one real socket): the oracle, less many-port probing, which
 /// needs the hard side's extra sockets.
