@@ -620,16 +620,23 @@ mod tests {
         }
     }
 
+    /// A mesh socket on a loopback UDP socket, without a relay: its routes, its handle,
+    /// and the socket itself (keep it: it holds the receiving end of the doors' QUIC).
+    fn loopback_mesh() -> (Arc<Routes>, MeshHandle, MeshSocket) {
+        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        std_sock.set_nonblocking(true).unwrap();
+        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std_sock).unwrap();
+        let routes = Arc::new(Routes::default());
+        let (socket, mesh, _diverted) = MeshSocket::new(inner, routes.clone(), Arc::new(NoRelay));
+        (routes, mesh, socket)
+    }
+
     /// The hard side of many-port probing opens its doors for the attempt and closes
     /// every one when the attempt gives up; without the peer's mapping (an older
     /// rendezvous) there are none.
     #[tokio::test]
     async fn doors_live_as_long_as_the_hard_side_attempt() {
-        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        std_sock.set_nonblocking(true).unwrap();
-        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std_sock).unwrap();
-        let routes = Arc::new(Routes::default());
-        let (_socket, mesh, _diverted) = MeshSocket::new(inner, routes.clone(), Arc::new(NoRelay));
+        let (routes, mesh, _socket) = loopback_mesh();
         mesh.set_door_binder(Arc::new(UdpDoors::new(
             "127.0.0.1".parse().unwrap(),
             Arc::new(quinn::TokioRuntime),
@@ -702,11 +709,7 @@ mod tests {
     /// are gone.
     #[tokio::test]
     async fn a_flush_during_the_opening_keeps_the_doors() {
-        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        std_sock.set_nonblocking(true).unwrap();
-        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std_sock).unwrap();
-        let routes = Arc::new(Routes::default());
-        let (_socket, mesh, _diverted) = MeshSocket::new(inner, routes.clone(), Arc::new(NoRelay));
+        let (routes, mesh, _socket) = loopback_mesh();
         let binder = Arc::new(FlushWhileOpening {
             inner: UdpDoors::new("127.0.0.1".parse().unwrap(), Arc::new(quinn::TokioRuntime)),
             paths: std::sync::OnceLock::new(),
