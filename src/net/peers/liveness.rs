@@ -59,7 +59,6 @@ impl Sessions {
     /// `conn` to `node` went silent: closes it and reports the node unreachable.
     fn silent(&self, node: NodeId, conn: &Connection) {
         let was_current = self.forget_conn(node, conn);
-
         conn.close(
             VarInt::from_u32(PEER_SILENT),
             b"no answer to a liveness ping",

@@ -454,8 +454,8 @@ impl Sessions {
         }
     }
 
-    /// Requester side: the responder's frames for one task.
-    /// A stream silent for [`SILENCE_CHECK`] has its peer's liveness checked.
+    /// Requester side: the responder's frames for one task. A stream silent for
+    /// [`SILENCE_CHECK`] has its peer's liveness checked.
     async fn read_responses(self: Arc<Self>, node: NodeId, task: String, mut rd: FrameReader) {
         let mut silence = SILENCE_CHECK;
         loop {
