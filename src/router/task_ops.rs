@@ -201,9 +201,16 @@ impl Router {
             && target != TaskState::Canceled
         {
             // An agent may answer at once; the task passes through `working` on the way.
+            // A requester on another daemon is not sent that step: its daemon tells its
+            // agent `working` itself when a `completed` final arrives for a submitted task
+            // (`peer_final`), which saves a peer frame per request.
             task.state = TaskState::Working;
-            let s = Sides::of(task);
-            self.tell_requester_state(now, &s, TaskState::Working, None, None);
+            let remote_completion =
+                target == TaskState::Completed && matches!(task.requester_end, Endpoint::Remote(_));
+            if !remote_completion {
+                let s = Sides::of(task);
+                self.tell_requester_state(now, &s, TaskState::Working, None, None);
+            }
         }
         let task = self.live_task(conn, &args.task_id, Side::Responder, target)?;
         task.state

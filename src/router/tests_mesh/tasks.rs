@@ -97,6 +97,40 @@ fn request_across_hosts_gives_the_requester_the_local_pushes() {
     );
 }
 
+/// An agent that answers `completed` at once: the requester sees what it would see
+/// locally (submitted, working, the reply), and the responder's daemon sends one frame.
+#[test]
+fn immediate_completion_across_hosts_sends_one_frame_and_still_shows_working() {
+    let run = |resp: R| {
+        let mut m = Mesh::new();
+        let (echo, caller) = pair(&mut m, resp);
+        let line = json!({"op": "request", "id": 9, "from": caller, "to": echo, "skill": "echo"});
+        let (task, mut seen) = open(&mut m, resp, line);
+        let before = m.wire.len();
+        let done =
+            json!({"op": "respond", "id": 1, "task_id": task, "state": "completed", "output": 7});
+        seen.extend(m.line(resp, 1, done));
+        let frames: Vec<String> = m.wire[before..]
+            .iter()
+            .map(|(_, _, msg)| format!("{msg:?}"))
+            .collect();
+        (requester_view(&seen), frames)
+    };
+    let (local, _) = run(R::A);
+    let (remote, frames) = run(R::B);
+    assert_eq!(remote, local);
+    let states: Vec<Value> = remote
+        .iter()
+        .map(|m| m.get("ok").unwrap_or(m)["state"].clone())
+        .collect();
+    assert_eq!(
+        states,
+        [json!("submitted"), json!("working"), json!("completed")]
+    );
+    assert_eq!(frames.len(), 1, "only the final crosses: {frames:?}");
+    assert!(frames[0].contains("Final"), "{frames:?}");
+}
+
 #[test]
 fn capability_goes_remote_when_no_local_agent_and_spreads() {
     let mut m = Mesh::new();
