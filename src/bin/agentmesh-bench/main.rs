@@ -2,7 +2,8 @@
 //! in one process and interleaved in rounds so they share the machine's state.
 //!
 //! Parts: `rtt` (request/response between two agents on two daemons over the direct
-//! path vs a raw UDP ping-pong vs NATS request/reply), `relay-rtt` (the same agentmesh
+//! path vs a raw UDP ping-pong vs the same hops with no protocol on them vs NATS
+//! request/reply), `relay-rtt` (the same agentmesh
 //! request with both daemons firewalled to the rendezvous and relay, so the path stays
 //! relayed), `stream` (one large QUIC stream: raw quinn vs the mesh socket direct vs
 //! through the relay), `footprint` (RSS of one idle daemon and CPU at a fixed request
@@ -15,6 +16,7 @@ mod external;
 mod fanout;
 mod firewall;
 mod footprint;
+mod hops;
 mod mesh;
 mod nats;
 mod report;
@@ -117,6 +119,7 @@ impl Part {
 /// A request/response contender.
 enum Contender {
     Udp(udp::UdpPingPong),
+    Hops(hops::HopChain),
     Nats(nats::Nats),
     Mesh(MeshPair, &'static str),
 }
@@ -143,6 +146,7 @@ impl Contender {
     fn name(&self) -> &'static str {
         match self {
             Contender::Udp(_) => report::UDP,
+            Contender::Hops(_) => report::HOPS,
             Contender::Nats(_) => report::NATS,
             Contender::Mesh(_, name) => name,
         }
@@ -151,6 +155,7 @@ impl Contender {
     async fn once(&mut self, p: &Payload) -> anyhow::Result<Duration> {
         match self {
             Contender::Udp(u) => u.round_trip(&p.raw).await,
+            Contender::Hops(h) => h.round_trip(&p.raw).await,
             Contender::Nats(n) => n.round_trip(&p.bytes).await,
             Contender::Mesh(m, _) => m.request(&p.json).await,
         }
@@ -278,8 +283,9 @@ async fn contenders(
 ) -> anyhow::Result<Vec<Contender>> {
     let mut v = Vec::new();
     if args.parts.contains(&Part::Rtt) {
-        eprintln!("rtt: starting UDP echo, nats-server, two daemons (direct)");
+        eprintln!("rtt: starting UDP echo, hop floor, nats-server, two daemons (direct)");
         v.push(Contender::Udp(udp::UdpPingPong::start().await?));
+        v.push(Contender::Hops(hops::HopChain::start(dir).await?));
         v.push(Contender::Nats(nats::Nats::start(dir).await?));
         let pair = MeshPair::start(s, dir, Want::Direct).await?;
         v.push(Contender::Mesh(pair, report::MESH_DIRECT));
