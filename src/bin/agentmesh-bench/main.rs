@@ -3,7 +3,7 @@
 //!
 //! Parts: `rtt` (request/response between two agents on two daemons over the direct
 //! path vs a raw UDP ping-pong vs the same hops with no protocol on them vs NATS
-//! request/reply), `relay-rtt` (the same agentmesh
+//! request/reply, plain and over TLS), `relay-rtt` (the same agentmesh
 //! request with both daemons firewalled to the rendezvous and relay, so the path stays
 //! relayed), `stream` (one large QUIC stream: raw quinn vs the mesh socket direct vs
 //! through the relay), `footprint` (RSS of one idle daemon and CPU at a fixed request
@@ -120,7 +120,7 @@ impl Part {
 enum Contender {
     Udp(udp::UdpPingPong),
     Hops(hops::HopChain),
-    Nats(nats::Nats),
+    Nats(nats::Nats, &'static str),
     Mesh(MeshPair, &'static str),
 }
 
@@ -147,7 +147,7 @@ impl Contender {
         match self {
             Contender::Udp(_) => report::UDP,
             Contender::Hops(_) => report::HOPS,
-            Contender::Nats(_) => report::NATS,
+            Contender::Nats(_, name) => name,
             Contender::Mesh(_, name) => name,
         }
     }
@@ -156,7 +156,7 @@ impl Contender {
         match self {
             Contender::Udp(u) => u.round_trip(&p.raw).await,
             Contender::Hops(h) => h.round_trip(&p.raw).await,
-            Contender::Nats(n) => n.round_trip(&p.bytes).await,
+            Contender::Nats(n, _) => n.round_trip(&p.bytes).await,
             Contender::Mesh(m, _) => m.request(&p.json).await,
         }
     }
@@ -283,10 +283,19 @@ async fn contenders(
 ) -> anyhow::Result<Vec<Contender>> {
     let mut v = Vec::new();
     if args.parts.contains(&Part::Rtt) {
-        eprintln!("rtt: starting UDP echo, hop floor, nats-server, two daemons (direct)");
+        eprintln!(
+            "rtt: starting UDP echo, hop floor, nats-server (plain, TLS), two daemons (direct)"
+        );
         v.push(Contender::Udp(udp::UdpPingPong::start().await?));
         v.push(Contender::Hops(hops::HopChain::start(dir).await?));
-        v.push(Contender::Nats(nats::Nats::start(dir).await?));
+        v.push(Contender::Nats(
+            nats::Nats::start(dir, false).await?,
+            report::NATS,
+        ));
+        v.push(Contender::Nats(
+            nats::Nats::start(dir, true).await?,
+            report::NATS_TLS,
+        ));
         let pair = MeshPair::start(s, dir, Want::Direct).await?;
         v.push(Contender::Mesh(pair, report::MESH_DIRECT));
     }

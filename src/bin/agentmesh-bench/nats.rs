@@ -1,7 +1,11 @@
 //! The broker contender: a real `nats-server` child process on 127.0.0.1 (random port,
 //! killed on drop) and request/reply through `async-nats` between two connections (the
-//! requester and an echo responder).
+//! requester and an echo responder), in plain TCP or over TLS (a certificate for
+//! 127.0.0.1 issued by a CA made for the run, which the clients trust), as a broker
+//! whose traffic crosses a network would run. Even then the broker decrypts every
+//! message; agentmesh's encryption is end to end.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,11 +29,27 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Nats {
-    pub(crate) async fn start(log_dir: &std::path::Path) -> anyhow::Result<Nats> {
+    /// Starts a server and its two clients; with `tls`, the server requires TLS.
+    pub(crate) async fn start(log_dir: &std::path::Path, tls: bool) -> anyhow::Result<Nats> {
         let port = free_port()?;
-        let server = Command::new("nats-server")
+        let name = if tls { "nats-tls" } else { "nats" };
+        let mut command = Command::new("nats-server");
+        command
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", "0", "-l"])
-            .arg(log_dir.join("nats.log"))
+            .arg(log_dir.join(format!("{name}.log")));
+        let ca = if tls {
+            let files = write_tls_files(log_dir)?;
+            command
+                .arg("--tls")
+                .arg("--tlscert")
+                .arg(&files.cert)
+                .arg("--tlskey")
+                .arg(&files.key);
+            Some(files.ca)
+        } else {
+            None
+        };
+        let server = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -37,10 +57,10 @@ impl Nats {
             .context("starting nats-server (Debian package nats-server)")?;
         let mut nats = Nats {
             server,
-            requester: connect(port).await?,
+            requester: connect(port, ca.as_deref()).await?,
             responder: tokio::spawn(async {}),
         };
-        let responder = connect(port).await?;
+        let responder = connect(port, ca.as_deref()).await?;
         let mut sub = responder.subscribe(SUBJECT).await?;
         responder.flush().await?;
         nats.responder = tokio::spawn(async move {
@@ -67,11 +87,46 @@ impl Nats {
     }
 }
 
-/// Connects, retrying while the server starts (bounded).
-async fn connect(port: u16) -> anyhow::Result<async_nats::Client> {
+/// The server's certificate and key and the CA that issued it, as PEM files.
+struct TlsFiles {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Makes a CA and a certificate for 127.0.0.1 issued by it, in `dir`.
+fn write_tls_files(dir: &Path) -> anyhow::Result<TlsFiles> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])?.signed_by(&key, &issuer)?;
+    let files = TlsFiles {
+        ca: dir.join("nats-ca.pem"),
+        cert: dir.join("nats-cert.pem"),
+        key: dir.join("nats-key.pem"),
+    };
+    std::fs::write(&files.ca, ca_cert.pem())?;
+    std::fs::write(&files.cert, cert.pem())?;
+    std::fs::write(&files.key, key.serialize_pem())?;
+    Ok(files)
+}
+
+/// Connects (over TLS trusting `ca` when given), retrying while the server starts
+/// (bounded).
+async fn connect(port: u16, ca: Option<&Path>) -> anyhow::Result<async_nats::Client> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match async_nats::connect(format!("127.0.0.1:{port}")).await {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(ca) = ca {
+            options = options
+                .add_root_certificates(ca.to_path_buf())
+                .require_tls(true);
+        }
+        match options.connect(format!("127.0.0.1:{port}")).await {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() > deadline => {
                 return Err(e).context("nats-server never ready")
