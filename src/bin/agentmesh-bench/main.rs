@@ -90,6 +90,10 @@ struct Args {
     /// core, its default): the rtt pairs' own runtimes and the separate-process daemon.
     #[arg(long, default_value_t = 0)]
     daemon_workers: usize,
+    /// Run only the agentmesh contenders of the rtt parts (no UDP, hop floor or NATS):
+    /// for profiling the daemons' own work, e.g. under `perf record`.
+    #[arg(long)]
+    only_mesh: bool,
     /// Where the JSON goes.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
@@ -286,16 +290,18 @@ async fn contenders(
         eprintln!(
             "rtt: starting UDP echo, hop floor, nats-server (plain, TLS), two daemons (direct)"
         );
-        v.push(Contender::Udp(udp::UdpPingPong::start().await?));
-        v.push(Contender::Hops(hops::HopChain::start(dir).await?));
-        v.push(Contender::Nats(
-            nats::Nats::start(dir, false).await?,
-            report::NATS,
-        ));
-        v.push(Contender::Nats(
-            nats::Nats::start(dir, true).await?,
-            report::NATS_TLS,
-        ));
+        if !args.only_mesh {
+            v.push(Contender::Udp(udp::UdpPingPong::start().await?));
+            v.push(Contender::Hops(hops::HopChain::start(dir).await?));
+            v.push(Contender::Nats(
+                nats::Nats::start(dir, false).await?,
+                report::NATS,
+            ));
+            v.push(Contender::Nats(
+                nats::Nats::start(dir, true).await?,
+                report::NATS_TLS,
+            ));
+        }
         let pair = MeshPair::start(s, dir, Want::Direct).await?;
         v.push(Contender::Mesh(pair, report::MESH_DIRECT));
     }
