@@ -186,3 +186,24 @@ async fn echo_lines(listener: UnixListener) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines of both sizes come back whole (`round_trip` checks the length) through the
+    /// forwarders; dropping the chain joins their threads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_line_comes_back_whole_through_the_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut chain = HopChain::start(dir.path()).await.expect("chain");
+        for size in [64, 65_536] {
+            let payload = vec![b'x'; size];
+            for _ in 0..3 {
+                chain.round_trip(&payload).await.expect("round trip");
+            }
+        }
+        assert!(chain.round_trip(&[b'y'; 10]).await.is_ok());
+        drop(chain);
+    }
+}

@@ -143,3 +143,22 @@ impl Drop for Nats {
         let _ = self.server.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain and TLS servers both answer a request with its payload (needs `nats-server`,
+    /// which `scripts/test` installs).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_and_tls_brokers_echo_requests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for tls in [false, true] {
+            let mut nats = Nats::start(dir.path(), tls).await.expect("nats-server");
+            let payload = Bytes::from(vec![b'z'; 1000]);
+            nats.round_trip(&payload).await.expect("request/reply");
+        }
+        let log = std::fs::read_to_string(dir.path().join("nats-tls.log")).unwrap_or_default();
+        assert!(log.contains("TLS required"), "server without TLS: {log}");
+    }
+}
