@@ -35,7 +35,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
                 None => Line::Complete,
             });
         }
-        let (chunk, found_newline) = match available.iter().position(|b| *b == b'\n') {
+        let (chunk, found_newline) = match memchr::memchr(b'\n', available) {
             Some(i) => (&available[..i], Some(i + 1)),
             None => (available, None),
         };
