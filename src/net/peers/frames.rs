@@ -5,6 +5,7 @@
 
 use agentmesh_proto::frame::FrameError;
 use agentmesh_proto::peer;
+use bytes::Bytes;
 use futures_util::FutureExt as _;
 use quinn::{ReadError, RecvStream, SendStream, VarInt};
 use serde::de::DeserializeOwned;
@@ -96,10 +97,10 @@ impl FrameReader {
 /// What a stream writer is told to do.
 #[derive(Debug)]
 pub enum WriteCmd {
-    /// Write one encoded frame.
-    Frame(Vec<u8>),
+    /// Write one encoded frame (or what is left of it).
+    Frame(Bytes),
     /// Write one encoded frame, then finish the stream.
-    Last(Vec<u8>),
+    Last(Bytes),
     /// Reset the stream with this code.
     Reset(u32),
 }
@@ -118,17 +119,21 @@ pub(super) enum StreamTx {
     Queued(mpsc::UnboundedSender<WriteCmd>),
 }
 
-/// How much of `bytes` a stream takes now, without waiting; `None` when it failed.
-fn write_now(send: &mut SendStream, bytes: &[u8]) -> Option<usize> {
-    let mut done = 0;
-    while done < bytes.len() {
-        match send.write(&bytes[done..]).now_or_never() {
-            Some(Ok(n)) => done += n,
-            Some(Err(_)) => return None,
+/// Hands `frame` to the stream's send buffer as far as it takes it now, without
+/// waiting and without copying (quinn keeps the buffer itself); what it did not take
+/// stays in `frame`. `false` when the stream failed.
+fn write_now(send: &mut SendStream, frame: &mut Bytes) -> bool {
+    while !frame.is_empty() {
+        match send
+            .write_chunks(std::slice::from_mut(frame))
+            .now_or_never()
+        {
+            Some(Ok(_)) => {}
+            Some(Err(_)) => return false,
             None => break,
         }
     }
-    Some(done)
+    true
 }
 
 impl StreamTx {
@@ -139,41 +144,45 @@ impl StreamTx {
 
     /// Writes one encoded frame; `false` when the stream failed (drop it).
     pub(super) fn write(&mut self, bytes: Vec<u8>) -> bool {
+        let mut frame = Bytes::from(bytes);
         let send = match self {
-            StreamTx::Queued(tx) => return tx.send(WriteCmd::Frame(bytes)).is_ok(),
+            StreamTx::Queued(tx) => return tx.send(WriteCmd::Frame(frame)).is_ok(),
             StreamTx::Ready(send) => send,
         };
-        let n = match write_now(send, &bytes) {
-            None => return false,
-            Some(n) if n == bytes.len() => return true,
-            Some(n) => n,
-        };
+        if !write_now(send, &mut frame) {
+            return false;
+        }
+        if frame.is_empty() {
+            return true;
+        }
         // The send buffer is full: a writer task takes the stream and the rest.
         let (closed, _) = mpsc::unbounded_channel();
         let StreamTx::Ready(send) = std::mem::replace(self, StreamTx::Queued(closed)) else {
             return false;
         };
         let tx = spawn_writer(send);
-        let ok = tx.send(WriteCmd::Frame(bytes[n..].to_vec())).is_ok();
+        let ok = tx.send(WriteCmd::Frame(frame)).is_ok();
         *self = StreamTx::Queued(tx);
         ok
     }
 
     /// Writes the last frame of the stream, then finishes it.
     pub(super) fn write_last(self, bytes: Vec<u8>) {
+        let mut frame = Bytes::from(bytes);
         match self {
             StreamTx::Queued(tx) => {
-                let _ = tx.send(WriteCmd::Last(bytes));
+                let _ = tx.send(WriteCmd::Last(frame));
             }
-            StreamTx::Ready(mut send) => match write_now(&mut send, &bytes) {
-                None => {}
-                Some(n) if n == bytes.len() => {
+            StreamTx::Ready(mut send) => {
+                if !write_now(&mut send, &mut frame) {
+                    return;
+                }
+                if frame.is_empty() {
                     let _ = send.finish();
+                } else {
+                    let _ = spawn_writer(send).send(WriteCmd::Last(frame));
                 }
-                Some(n) => {
-                    let _ = spawn_writer(send).send(WriteCmd::Last(bytes[n..].to_vec()));
-                }
-            },
+            }
         }
     }
 
@@ -196,13 +205,13 @@ fn spawn_writer(mut send: SendStream) -> mpsc::UnboundedSender<WriteCmd> {
     tokio::spawn(async move {
         while let Some(cmd) = rx.recv().await {
             match cmd {
-                WriteCmd::Frame(bytes) => {
-                    if send.write_all(&bytes).await.is_err() {
+                WriteCmd::Frame(frame) => {
+                    if send.write_chunk(frame).await.is_err() {
                         return;
                     }
                 }
-                WriteCmd::Last(bytes) => {
-                    let _ = send.write_all(&bytes).await;
+                WriteCmd::Last(frame) => {
+                    let _ = send.write_chunk(frame).await;
                     let _ = send.finish();
                     return;
                 }
