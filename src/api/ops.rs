@@ -208,8 +208,29 @@ pub struct BadLine {
     pub error: ErrorObject,
 }
 
-/// Parses one line (without its newline).
+/// A valid line as the fast path reads it: `id` beside the operation's own fields, in
+/// one pass over the line with no intermediate `Value` of the whole line.
+#[derive(Deserialize)]
+struct ValidLine {
+    #[serde(default)]
+    id: Value,
+    #[serde(flatten)]
+    op: Op,
+}
+
+/// Parses one line (without its newline). A valid line is read in one pass
+/// ([`ValidLine`]); any other is read again by [`parse_line_checked`], which says
+/// precisely what is wrong with it.
 pub fn parse_line(line: &[u8]) -> Result<(Value, Op), Box<BadLine>> {
+    match serde_json::from_slice::<ValidLine>(line) {
+        Ok(l) => Ok((l.id, l.op)),
+        Err(_) => parse_line_checked(line),
+    }
+}
+
+/// Parses one line through a `Value` first, so that a bad line's error names its `id`,
+/// its `op` and what is wrong.
+fn parse_line_checked(line: &[u8]) -> Result<(Value, Op), Box<BadLine>> {
     let invalid = |id: Value, msg: String| {
         Box::new(BadLine {
             id,
@@ -319,7 +340,55 @@ mod tests {
         assert!(!e.retryable);
     }
 
+    /// Lines of every op, with and without optional fields, in any key order.
+    fn sample_lines() -> Vec<Value> {
+        let agent = agentmesh_proto::SecretKey::from_bytes(&[7; 32]).agent_id();
+        vec![
+            serde_json::json!({"op": "hello", "id": 1}),
+            serde_json::json!({"id": "x", "op": "register", "manifest": {"name": "a"}}),
+            serde_json::json!({"op": "request", "id": 3, "from": agent, "to": agent,
+                               "skill": "echo", "input": {"text": "hi", "n": [1, 2.5, -3]},
+                               "timeout_ms": 500, "stream": true, "context_id": "c"}),
+            serde_json::json!({"op": "request", "from": agent, "capability": "c", "skill": "s"}),
+            serde_json::json!({"op": "respond", "id": 4, "task_id": "t", "state": "completed",
+                               "output": "x".repeat(300)}),
+            serde_json::json!({"op": "stream", "id": null, "task_id": "t", "chunk": 1, "final": true}),
+            serde_json::json!({"op": "emit", "id": 6, "from": agent, "topic": "a.b", "data": null}),
+            serde_json::json!({"op": "subscribe", "id": 7, "agent_id": agent, "pattern": "a.>"}),
+            serde_json::json!({"op": "status", "id": 8}),
+        ]
+    }
+
+    #[test]
+    fn the_fast_path_reads_lines_as_the_checked_path_does() {
+        for line in sample_lines() {
+            let bytes = line.to_string().into_bytes();
+            let fast = serde_json::from_slice::<ValidLine>(&bytes).map(|l| (l.id, l.op));
+            let checked = parse_line_checked(&bytes);
+            match (fast, checked) {
+                (Ok(f), Ok(c)) => assert_eq!(format!("{f:?}"), format!("{c:?}"), "{line}"),
+                (f, c) => panic!("{line}: fast {f:?}, checked {c:?}"),
+            }
+        }
+    }
+
     proptest! {
+        /// Whatever the fast path accepts, the checked path reads the same way.
+        #[test]
+        fn fast_and_checked_paths_agree(op in prop::sample::select(OP_NAMES), field in "[a-z_]{1,12}",
+                                        val in prop_oneof![Just(Value::Null), any::<u64>().prop_map(Value::from),
+                                                           ".{0,12}".prop_map(Value::from)],
+                                        id in prop_oneof![Just(Value::Null), any::<i64>().prop_map(Value::from)]) {
+            let line = serde_json::json!({"op": op, "id": id, field: val}).to_string();
+            if let Ok(fast) = serde_json::from_slice::<ValidLine>(line.as_bytes()) {
+                let checked = parse_line_checked(line.as_bytes());
+                prop_assert!(checked.is_ok(), "{} accepted only by the fast path", line);
+                if let Ok(c) = checked {
+                    prop_assert_eq!(format!("{:?}", (fast.id, fast.op)), format!("{:?}", c));
+                }
+            }
+        }
+
         #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_line(&bytes);
