@@ -115,8 +115,9 @@ impl Router {
                 if let Some(m) = &message {
                     update.insert("message".into(), json!(m));
                 }
-                if let Some(o) = &output {
-                    update.insert("output".into(), json!(o));
+                if let Some(o) = output {
+                    // Moved, not copied: `json!` would serialise a copy of a large output.
+                    update.insert("output".into(), o.0);
                 }
                 self.send(conn, Value::Object(update));
             }
@@ -130,11 +131,12 @@ impl Router {
     /// The requester receives a streamed chunk.
     pub(super) fn tell_requester_chunk(&mut self, s: &Sides, seq: u64, chunk: Json, last: bool) {
         match s.requester_end {
-            Endpoint::Local(conn) => self.send(
-                conn,
-                json!({"event": "stream", "task_id": s.task_id, "seq": seq,
-                       "chunk": chunk, "final": last}),
-            ),
+            Endpoint::Local(conn) => {
+                let mut push = json!({"event": "stream", "task_id": s.task_id, "seq": seq,
+                                      "final": last});
+                push["chunk"] = chunk.0;
+                self.send(conn, push);
+            }
             Endpoint::Remote(node) => {
                 let task_id = s.task_id.clone();
                 let msg = ResponderFrame::Chunk {
@@ -165,10 +167,11 @@ impl Router {
     /// The responder receives the input it asked for.
     pub(super) fn tell_responder_continue(&mut self, now: Now, s: &Sides, input: Json) {
         match s.responder_end {
-            Endpoint::Local(conn) => self.send(
-                conn,
-                json!({"event": "continue", "task_id": s.task_id, "input": input}),
-            ),
+            Endpoint::Local(conn) => {
+                let mut push = json!({"event": "continue", "task_id": s.task_id});
+                push["input"] = input.0;
+                self.send(conn, push);
+            }
             Endpoint::Remote(node) => {
                 let e = envelopes::request(now, &s.downstream(), &s.skill, input, None);
                 self.peer(node, PeerMsg::Requester(RequesterFrame::Continue(e)));
@@ -261,7 +264,7 @@ fn final_reply(task_id: &str, end: Ending) -> Value {
     ok.insert("task_id".into(), json!(task_id));
     ok.insert("state".into(), json!(end.state));
     if let Some(o) = end.output {
-        ok.insert("output".into(), json!(o));
+        ok.insert("output".into(), o.0);
     }
     if let Some(m) = end.message {
         ok.insert("message".into(), json!(m));
