@@ -3,11 +3,16 @@
 //! On a socket the relay binds itself ([`bind`]) the IO is batched through `quinn-udp`:
 //! `recvmmsg` with GRO in (many datagrams per system call, each segment handed to the
 //! core), `sendmsg` with GSO out (consecutive datagrams for the same client and of the
-//! same size leave in one call), and 4 MiB socket buffers. On any [`DatagramSocket`] a
-//! caller provides (e.g. netsim's simulated sockets) it is one datagram per call.
+//! same size leave in one call), and 4 MiB socket buffers. Forwarded `Send`s are turned
+//! into `Recv`s in the receive buffer by the core ([`crate::Relay::forward_in_place`])
+//! and the receive task sends them from there, a GRO batch for one client as one GSO
+//! send; only what the core queues goes through the send task. On any
+//! [`DatagramSocket`] a caller provides (e.g. netsim's simulated sockets) it is one
+//! datagram per call.
 
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
@@ -17,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::{Direction, ServerError, Shared};
+use crate::core::Forward;
 use agentmesh_dgram::DatagramSocket;
 
 /// Datagrams taken from the core per lock.
@@ -102,6 +108,7 @@ async fn receive_batched(shared: Arc<Shared>, n: Arc<Native>, mut stop: watch::R
     let mut bufs: Vec<IoSliceMut<'_>> =
         storage.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
     let mut meta = [RecvMeta::default(); RECV_SLOTS];
+    let mut fates: Vec<Vec<Forward>> = (0..RECV_SLOTS).map(|_| Vec::new()).collect();
     loop {
         let got = tokio::select! {
             r = n.sock.async_io(Interest::READABLE, || {
@@ -115,15 +122,67 @@ async fn receive_batched(shared: Arc<Shared>, n: Arc<Native>, mut stop: watch::R
         };
         let now = super::now();
         shared.with_core(|c| {
-            for (m, buf) in meta.iter().zip(bufs.iter()).take(got) {
+            let slots = meta.iter().zip(bufs.iter_mut()).zip(fates.iter_mut());
+            for ((m, buf), fate) in slots.take(got) {
                 let len = m.len.min(buf.len());
-                for datagram in buf[..len].chunks(m.stride.max(1)) {
+                let stride = m.stride.max(1);
+                for datagram in buf[..len].chunks(stride) {
                     shared.tap(Direction::In, datagram);
-                    c.handle_datagram(now, m.addr, datagram);
                 }
+                c.forward_in_place(now, m.addr, &mut buf[..len], stride, fate);
             }
         });
+        // Out of the lock: what the core rewrote in place leaves from the receive
+        // buffers, runs for one client as one GSO send.
+        let max_segments = n.state.max_gso_segments().max(1);
+        for ((m, buf), fate) in meta.iter().zip(bufs.iter()).zip(fates.iter()).take(got) {
+            let len = m.len.min(buf.len());
+            let stride = m.stride.max(1);
+            for (to, segments) in send_runs(fate, max_segments, stride) {
+                let bytes =
+                    &buf[(segments.start * stride).min(len)..(segments.end * stride).min(len)];
+                for datagram in bytes.chunks(stride) {
+                    shared.tap(Direction::Out, datagram);
+                }
+                let gso = (segments.len() > 1).then_some(stride);
+                let t = transmit(to, bytes, gso);
+                let sent = n
+                    .sock
+                    .async_io(Interest::WRITABLE, || n.state.send((&n.sock).into(), &t))
+                    .await;
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, %to, "udp send failed");
+                }
+            }
+        }
     }
+}
+
+/// The GSO sends for one receive's datagrams, given their fates from
+/// [`Relay::forward_in_place`](crate::Relay::forward_in_place): runs of consecutive
+/// datagrams to one address (indexes into the receive), at most `max_segments` and
+/// [`MAX_GSO_BYTES`] (for `stride`-byte datagrams) each.
+pub(crate) fn send_runs(
+    fates: &[Forward],
+    max_segments: usize,
+    stride: usize,
+) -> impl Iterator<Item = (SocketAddr, Range<usize>)> + '_ {
+    let per_send = max_segments.min(MAX_GSO_BYTES / stride.max(1)).max(1);
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < fates.len() {
+            let start = i;
+            i += 1;
+            let Forward::Send(to) = fates[start] else {
+                continue;
+            };
+            while i < fates.len() && i - start < per_send && fates[i] == Forward::Send(to) {
+                i += 1;
+            }
+            return Some((to, start..i));
+        }
+        None
+    })
 }
 
 async fn send_batched(shared: Arc<Shared>, n: Arc<Native>, mut stop: watch::Receiver<bool>) {
@@ -271,6 +330,30 @@ mod tests {
 
     fn d(port: u16, len: usize) -> (SocketAddr, Vec<u8>) {
         (SocketAddr::from(([127, 0, 0, 1], port)), vec![0; len])
+    }
+
+    #[test]
+    fn send_runs_group_consecutive_datagrams_for_one_client() {
+        let (a, b) = (d(1, 0).0, d(2, 0).0);
+        use Forward::{Done, Send};
+        let runs = |f: &[Forward], max: usize, stride: usize| -> Vec<_> {
+            send_runs(f, max, stride).collect()
+        };
+        assert_eq!(runs(&[], 64, 1200), vec![]);
+        assert_eq!(runs(&[Done, Done], 64, 1200), vec![]);
+        let f = [Send(a), Send(a), Done, Send(a), Send(b), Send(b), Send(a)];
+        assert_eq!(
+            runs(&f, 64, 1200),
+            vec![(a, 0..2), (a, 3..4), (b, 4..6), (a, 6..7)]
+        );
+        assert_eq!(
+            runs(&[Send(a); 5], 2, 1200),
+            vec![(a, 0..2), (a, 2..4), (a, 4..5)],
+            "max segments"
+        );
+        let per = MAX_GSO_BYTES / 1500;
+        assert_eq!(runs(&[Send(a); 64], 64, 1500)[0], (a, 0..per), "byte cap");
+        assert_eq!(runs(&[Send(a); 3], 0, 70_000).len(), 3, "one each at least");
     }
 
     #[test]
