@@ -109,6 +109,8 @@ async fn receive_batched(shared: Arc<Shared>, n: Arc<Native>, mut stop: watch::R
         storage.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
     let mut meta = [RecvMeta::default(); RECV_SLOTS];
     let mut fates: Vec<Vec<Forward>> = (0..RECV_SLOTS).map(|_| Vec::new()).collect();
+    let mut pieces = Vec::new();
+    let mut gso = Vec::with_capacity(MAX_GSO_BYTES);
     loop {
         let got = tokio::select! {
             r = n.sock.async_io(Interest::READABLE, || {
@@ -135,27 +137,99 @@ async fn receive_batched(shared: Arc<Shared>, n: Arc<Native>, mut stop: watch::R
         // Out of the lock: what the core rewrote in place leaves from the receive
         // buffers, runs for one client as one GSO send.
         let max_segments = n.state.max_gso_segments().max(1);
-        for ((m, buf), fate) in meta.iter().zip(bufs.iter()).zip(fates.iter()).take(got) {
+        pieces.clear();
+        let slots = meta.iter().zip(bufs.iter()).zip(fates.iter()).enumerate();
+        for (slot, ((m, buf), fate)) in slots.take(got) {
             let len = m.len.min(buf.len());
             let stride = m.stride.max(1);
             for (to, segments) in send_runs(fate, max_segments, stride) {
-                let bytes =
-                    &buf[(segments.start * stride).min(len)..(segments.end * stride).min(len)];
-                for datagram in bytes.chunks(stride) {
-                    shared.tap(Direction::Out, datagram);
+                pieces.push(Piece {
+                    to,
+                    slot,
+                    bytes: (segments.start * stride).min(len)..(segments.end * stride).min(len),
+                    stride,
+                    segments: segments.len(),
+                });
+            }
+        }
+        for group in gso_groups(&pieces, max_segments) {
+            let group = &pieces[group];
+            let Some(first) = group.first() else {
+                continue;
+            };
+            // One piece leaves from its receive buffer; several (datagrams that came
+            // without GRO, one per slot) are put together first.
+            let contents: &[u8] = if group.len() == 1 {
+                &bufs[first.slot][first.bytes.clone()]
+            } else {
+                gso.clear();
+                for p in group {
+                    gso.extend_from_slice(&bufs[p.slot][p.bytes.clone()]);
                 }
-                let gso = (segments.len() > 1).then_some(stride);
-                let t = transmit(to, bytes, gso);
-                let sent = n
-                    .sock
-                    .async_io(Interest::WRITABLE, || n.state.send((&n.sock).into(), &t))
-                    .await;
-                if let Err(e) = sent {
-                    tracing::debug!(error = %e, %to, "udp send failed");
-                }
+                &gso
+            };
+            for datagram in contents.chunks(first.stride) {
+                shared.tap(Direction::Out, datagram);
+            }
+            let segments: usize = group.iter().map(|p| p.segments).sum();
+            let t = transmit(first.to, contents, (segments > 1).then_some(first.stride));
+            let sent = n
+                .sock
+                .async_io(Interest::WRITABLE, || n.state.send((&n.sock).into(), &t))
+                .await;
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, to = %first.to, "udp send failed");
             }
         }
     }
+}
+
+/// Forwarded datagrams that sit back to back in one receive buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Piece {
+    /// Their destination.
+    to: SocketAddr,
+    /// Which receive buffer.
+    slot: usize,
+    /// Where in it.
+    bytes: Range<usize>,
+    /// Their size (the last may be shorter).
+    stride: usize,
+    /// How many.
+    segments: usize,
+}
+
+/// Cuts `pieces` (in order) into groups that can leave as one GSO send: one destination
+/// and one size, only the group's last datagram shorter, at most `max_segments` and
+/// [`MAX_GSO_BYTES`] together (a piece alone may be a group however large).
+pub(crate) fn gso_groups(
+    pieces: &[Piece],
+    max_segments: usize,
+) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let start = i;
+        let first = pieces.get(start)?;
+        let (mut segments, mut bytes) = (first.segments, first.bytes.len());
+        let full = |p: &Piece| p.bytes.len() == p.segments * p.stride;
+        let mut open = full(first);
+        i += 1;
+        while let Some(p) = pieces.get(i) {
+            if !open
+                || p.to != first.to
+                || p.stride != first.stride
+                || segments + p.segments > max_segments
+                || bytes + p.bytes.len() > MAX_GSO_BYTES
+            {
+                break;
+            }
+            segments += p.segments;
+            bytes += p.bytes.len();
+            open = full(p);
+            i += 1;
+        }
+        Some(start..i)
+    })
 }
 
 /// The GSO sends for one receive's datagrams, given their fates from
@@ -354,6 +428,42 @@ mod tests {
         let per = MAX_GSO_BYTES / 1500;
         assert_eq!(runs(&[Send(a); 64], 64, 1500)[0], (a, 0..per), "byte cap");
         assert_eq!(runs(&[Send(a); 3], 0, 70_000).len(), 3, "one each at least");
+    }
+
+    #[test]
+    fn gso_groups_join_pieces_for_one_client_of_one_size() {
+        let p = |port: u16, slot: usize, len: usize, stride: usize| {
+            let segments = len.div_ceil(stride);
+            Piece {
+                to: d(port, 0).0,
+                slot,
+                bytes: 0..len,
+                stride,
+                segments,
+            }
+        };
+        let groups = |pieces: &[Piece], max: usize| -> Vec<_> { gso_groups(pieces, max).collect() };
+        assert_eq!(groups(&[], 64), vec![]);
+        // Single datagrams from eight slots (no GRO): one send.
+        let singles: Vec<_> = (0..8).map(|s| p(1, s, 1200, 1200)).collect();
+        assert_eq!(groups(&singles, 64), vec![0..8]);
+        assert_eq!(groups(&singles, 3), vec![0..3, 3..6, 6..8], "max segments");
+        let mixed = [
+            p(1, 0, 1200, 1200),
+            p(2, 1, 1200, 1200),
+            p(2, 2, 1100, 1200),
+            p(2, 3, 1200, 1200),
+            p(2, 4, 900, 900),
+            p(2, 5, 12_000, 1200),
+        ];
+        assert_eq!(
+            groups(&mixed, 64),
+            vec![0..1, 1..3, 3..4, 4..5, 5..6],
+            "other client, a shorter datagram ends a group, another size"
+        );
+        // A GRO batch already near the cap stays alone.
+        let big = [p(1, 0, 48_000, 1200), p(1, 1, 24_000, 1200)];
+        assert_eq!(groups(&big, 64), vec![0..1, 1..2], "byte cap");
     }
 
     #[test]
