@@ -401,6 +401,87 @@ async fn send(shared: Arc<Shared>, sock: Arc<dyn DatagramSocket>, mut stop: watc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    use agentmesh_proto::relay::{self as wire, ClientMsg, Payload, Transport};
+    use agentmesh_proto::SecretKey;
+
+    use crate::client::{ClientEvent, ClientSession, RelayClient};
+    use crate::{Config, MemStore, StartOptions};
+
+    fn key(seed: u8) -> SecretKey {
+        SecretKey::from_bytes(&[seed; 32])
+    }
+
+    /// One client sends a GSO batch of `Send`s for two others, interleaved (the relay
+    /// reads it as one GRO batch): each gets its own frames, whole and in order.
+    #[tokio::test]
+    async fn a_batch_for_two_clients_reaches_each_in_order() {
+        let cfg = Config {
+            udp_listen: Some(([127, 0, 0, 1], 0).into()),
+            ..Config::default()
+        };
+        let store = Box::new(MemStore::default());
+        let relay = crate::start(&cfg, key(250), store, StartOptions::default())
+            .await
+            .unwrap();
+        let to = relay.udp_addr.unwrap();
+        let id = Some(relay.relay_id);
+        let mut b = RelayClient::connect_udp(to, key(2), id).await.unwrap();
+        let mut c = RelayClient::connect_udp(to, key(3), id).await.unwrap();
+        // A authenticates by hand on a socket that can send GSO batches.
+        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        std_sock.set_nonblocking(true).unwrap();
+        let state = UdpSocketState::new((&std_sock).into()).unwrap();
+        let sock = UdpSocket::from_std(std_sock).unwrap();
+        let mut a = ClientSession::new(key(1), id, Transport::Udp);
+        let mut buf = vec![0u8; 65536];
+        sock.send_to(&a.encode(&a.hello()).unwrap(), to)
+            .await
+            .unwrap();
+        while !a.is_ready() {
+            let wait = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf));
+            let (n, _) = wait.await.unwrap().unwrap();
+            let msg = a.decode(&buf[..n]).unwrap();
+            if let (Some(reply), _) = a.handle(msg).unwrap() {
+                sock.send_to(&a.encode(&reply).unwrap(), to).await.unwrap();
+            }
+        }
+        let dst = [
+            b.node_id(),
+            c.node_id(),
+            b.node_id(),
+            c.node_id(),
+            b.node_id(),
+            b.node_id(),
+        ];
+        let payload = |i: usize| vec![i as u8; if i == 5 { 500 } else { 1200 }];
+        let (mut batch, mut stride) = (Vec::new(), 0);
+        for (i, to) in dst.iter().enumerate() {
+            let send = ClientMsg::Send {
+                to: *to,
+                payload: Payload(payload(i)),
+            };
+            let d = wire::encode_datagram(&send, 1 << 16).unwrap();
+            stride = stride.max(d.len());
+            batch.extend(d);
+        }
+        let segments = (state.max_gso_segments() > 1).then_some(stride);
+        let t = transmit(to, &batch, segments);
+        sock.async_io(Interest::WRITABLE, || state.send((&sock).into(), &t))
+            .await
+            .unwrap();
+        for (client, want) in [(&mut b, vec![0, 2, 4, 5]), (&mut c, vec![1, 3])] {
+            for i in want {
+                let ev = client.recv_timeout(Duration::from_secs(5)).await.unwrap();
+                let Some(ClientEvent::Recv { from, payload: p }) = ev else {
+                    panic!("frame {i}: {ev:?}")
+                };
+                assert_eq!((from, p), (a.node_id(), payload(i)), "frame {i}");
+            }
+        }
+        assert_eq!(relay.snapshot().counters.forwarded, 6);
+    }
 
     fn d(port: u16, len: usize) -> (SocketAddr, Vec<u8>) {
         (SocketAddr::from(([127, 0, 0, 1], port)), vec![0; len])
