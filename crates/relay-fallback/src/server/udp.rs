@@ -157,8 +157,10 @@ async fn receive_batched(shared: Arc<Shared>, n: Arc<Native>, mut stop: watch::R
             let Some(first) = group.first() else {
                 continue;
             };
-            // One piece leaves from its receive buffer; several (datagrams that came
-            // without GRO, one per slot) are put together first.
+            // One piece leaves from its receive buffer. Several (consecutive slots for
+            // one client: datagrams that came without GRO, or GRO batches ending on a
+            // full-size datagram) are copied together first: one copy for fewer system
+            // calls here and fewer wake-ups of the receiver.
             let contents: &[u8] = if group.len() == 1 {
                 &bufs[first.slot][first.bytes.clone()]
             } else {
