@@ -33,6 +33,21 @@ fuzz_target!(|data: &[u8]| {
             other => panic!("send fast path read a datagram the decoder reads as {other:?}"),
         }
     }
+    // The relay's in-place rewrite of Send into Recv: only what the reader reads, and
+    // then exactly the Recv encoding; anything refused is left untouched.
+    let mut rewritten = data.to_vec();
+    let from = agentmesh_proto::SecretKey::from_bytes(&[1; 32]).node_id();
+    match relay::rewrite_send_as_recv(&mut rewritten, &from, None, 2048) {
+        Some(to) => match relay::decode_send_datagram(data, 2048) {
+            Some((t, payload)) => {
+                let mut want = Vec::new();
+                assert!(relay::encode_recv(&mut want, true, &from, payload, 2048).is_ok());
+                assert!(t == to && rewritten == want, "in-place rewrite disagrees")
+            }
+            None => panic!("in-place rewrite of a datagram the reader refuses"),
+        },
+        None => assert!(rewritten == data, "a refused rewrite changed the datagram"),
+    }
     if let Some((from, payload)) = relay::decode_recv_datagram(data, 2048) {
         match relay::decode_datagram::<relay::RelayMsg>(data, 2048) {
             Ok(relay::RelayMsg::Recv { from: f, payload: p }) => {

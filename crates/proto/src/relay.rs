@@ -314,6 +314,9 @@ const SEND_VARIANT: u32 = 2;
 /// Bincode variant index of [`RelayMsg::Recv`] (declaration order; pinned by a test).
 const RECV_VARIANT: u32 = 3;
 
+// The in-place rewrite writes the variant index as one byte.
+const _: () = assert!(SEND_VARIANT < 251 && RECV_VARIANT < 251);
+
 /// The bincode configuration of [`crate::frame`] (standard, bounded).
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ frame::DEFAULT_MAX_FRAME }>()
@@ -398,24 +401,104 @@ pub fn decode_recv_datagram(datagram: &[u8], max: usize) -> Option<(NodeId, &[u8
 }
 
 fn decode_forward(datagram: &[u8], variant: u32, max: usize) -> Option<(NodeId, &[u8])> {
+    let at = forward_layout(datagram, variant, max)?;
+    let node = NodeId::from_bytes(at.node_bytes(datagram)?).ok()?;
+    Some((node, &datagram[at.payload..]))
+}
+
+/// Where the parts of a forwarded frame (`Send` or `Recv`) sit in its UDP datagram.
+#[derive(Debug, Clone, Copy)]
+struct ForwardLayout {
+    /// Offset of the variant index.
+    variant: usize,
+    /// Offset of the node id (32 bytes).
+    node: usize,
+    /// Offset of the payload (the datagram's tail).
+    payload: usize,
+    /// Whether the variant index and the payload length are bincode's shortest forms
+    /// (what [`encode_forward`] writes).
+    canonical: bool,
+}
+
+impl ForwardLayout {
+    fn node_bytes(&self, datagram: &[u8]) -> Option<[u8; 32]> {
+        datagram.get(self.node..self.node + 32)?.try_into().ok()
+    }
+}
+
+/// Reads the layout of a UDP datagram holding the forwarded frame `variant`, checking
+/// everything the enum decoder checks except that the node id is a valid key.
+fn forward_layout(datagram: &[u8], variant: u32, max: usize) -> Option<ForwardLayout> {
     let frame = datagram.strip_prefix(&UDP_MAGIC[..])?;
     let header: [u8; 4] = frame.get(..4)?.try_into().ok()?;
     let len = u32::from_be_bytes(header) as usize;
     if len == 0 || len > max || frame.len() != 4 + len || frame[4] != frame::FRAME_VERSION {
         return None;
     }
+    let body_at = UDP_MAGIC.len() + frame::HEADER_LEN;
     let body = &frame[5..];
     // Read as the enum decoder reads them: the variant index as a u32, the length as a
     // u64 (bincode's varints), so both accept exactly the same datagrams.
-    let (v, used) = bincode::decode_from_slice::<u32, _>(body, bincode_config()).ok()?;
+    let (v, v_used) = bincode::decode_from_slice::<u32, _>(body, bincode_config()).ok()?;
     if v != variant {
         return None;
     }
-    let rest = body.get(used..)?;
-    let node = NodeId::from_bytes(rest.get(..32)?.try_into().ok()?).ok()?;
-    let (len, used) = bincode::decode_from_slice::<u64, _>(&rest[32..], bincode_config()).ok()?;
-    let payload = rest.get(32 + used..)?;
-    (payload.len() as u64 == len).then_some((node, payload))
+    let rest = body.get(v_used..)?;
+    rest.get(..32)?;
+    let (n, n_used) = bincode::decode_from_slice::<u64, _>(&rest[32..], bincode_config()).ok()?;
+    let payload = body_at + v_used + 32 + n_used;
+    if (datagram.len() - payload) as u64 != n {
+        return None;
+    }
+    Some(ForwardLayout {
+        variant: body_at,
+        node: body_at + v_used,
+        payload,
+        canonical: v_used == 1 && n_used == varint_len(n),
+    })
+}
+
+/// Bytes bincode's varint encoding of `n` takes (its shortest form).
+fn varint_len(n: u64) -> usize {
+    match n {
+        0..=250 => 1,
+        251..=0xFFFF => 3,
+        0x1_0000..=0xFFFF_FFFF => 5,
+        _ => 9,
+    }
+}
+
+/// Turns a UDP datagram holding [`ClientMsg::Send`] `{ to, payload }` into the datagram of
+/// [`RelayMsg::Recv`] `{ from, payload }`, in place, and returns `to`: the relay's
+/// forwarding path without a copy. The result is byte for byte what [`encode_recv`]
+/// (`udp`) writes for `from` and the payload: the two frames differ only in the variant
+/// index and the node id, and have the same length.
+///
+/// `None`, with the datagram untouched, when it is not a `Send` that
+/// [`decode_send_datagram`] reads (`max` as there), or when its variant index or payload
+/// length is not in bincode's shortest form (valid, but re-encoding would change the
+/// length: take the copying path then). `known` is a destination the caller already holds
+/// as a [`NodeId`] (e.g. the previous datagram's): when `to` has the same bytes, it is not
+/// checked as a key again.
+pub fn rewrite_send_as_recv(
+    datagram: &mut [u8],
+    from: &NodeId,
+    known: Option<&NodeId>,
+    max: usize,
+) -> Option<NodeId> {
+    let at = forward_layout(datagram, SEND_VARIANT, max)?;
+    if !at.canonical {
+        return None;
+    }
+    let bytes = at.node_bytes(datagram)?;
+    let to = match known {
+        Some(k) if *k.as_bytes() == bytes => *k,
+        _ => NodeId::from_bytes(bytes).ok()?,
+    };
+    // Both variant indexes are below 251: one byte each in bincode's varint.
+    datagram[at.variant] = RECV_VARIANT as u8;
+    datagram[at.node..at.node + 32].copy_from_slice(from.as_bytes());
+    Some(to)
 }
 
 #[cfg(test)]
@@ -624,6 +707,96 @@ mod tests {
         }
 
         #[test]
+        fn send_rewritten_in_place_is_the_recv_encoding(
+            n in any::<u64>(),
+            m in any::<u8>(),
+            bytes in prop::collection::vec(any::<u8>(), 0..1600),
+            known in 0usize..3,
+        ) {
+            let to = key(n as u8).node_id();
+            let from = key(m.wrapping_add(1)).node_id();
+            let other = key(m.wrapping_add(2)).node_id();
+            let known = [None, Some(&to), Some(&other)][known];
+            let mut d = Vec::new();
+            encode_send_datagram(&mut d, &to, &bytes, 4096).unwrap();
+            prop_assert_eq!(rewrite_send_as_recv(&mut d, &from, known, 4096), Some(to));
+            let mut want = Vec::new();
+            encode_recv(&mut want, true, &from, &bytes, 4096).unwrap();
+            prop_assert_eq!(&d, &want);
+            prop_assert_eq!(
+                decode_datagram::<RelayMsg>(&d, 4096).unwrap(),
+                RelayMsg::Recv { from, payload: Payload(bytes.clone()) }
+            );
+            // A Recv is not a Send: a second rewrite refuses and leaves it alone.
+            prop_assert_eq!(rewrite_send_as_recv(&mut d, &to, None, 4096), None);
+            prop_assert_eq!(&d, &want);
+            // Over `max`: refused as `decode_send_datagram` refuses it.
+            let mut d = Vec::new();
+            encode_send_datagram(&mut d, &to, &bytes, 4096).unwrap();
+            let before = d.clone();
+            let max = d.len() - UDP_MAGIC.len() - 5;
+            prop_assert_eq!(rewrite_send_as_recv(&mut d, &from, None, max), None);
+            prop_assert_eq!(&d, &before);
+            for msg in client_msgs(n, bytes.clone()) {
+                if !matches!(msg, ClientMsg::Send { .. }) {
+                    let mut d = encode_datagram(&msg, 4096).unwrap();
+                    let before = d.clone();
+                    prop_assert_eq!(rewrite_send_as_recv(&mut d, &from, None, 4096), None);
+                    prop_assert_eq!(d, before);
+                }
+            }
+        }
+
+        #[test]
+        fn send_rewrite_agrees_with_the_decoder_on_every_form(
+            variant in prop::sample::select(vec![
+                vec![2u8], vec![3], vec![0xFB, 2, 0], vec![0xFC, 2, 0, 0, 0], vec![0xFD, 2, 0, 0, 0, 0, 0, 0, 0],
+            ]),
+            len_form in 0usize..4,
+            payload in prop::collection::vec(any::<u8>(), 0..300),
+            extra in 0usize..2,
+            valid_key in any::<bool>(),
+        ) {
+            let to = if valid_key { *key(9).node_id().as_bytes() } else { [0xFF; 32] };
+            let mut body = variant;
+            body.extend_from_slice(&to);
+            let n = payload.len() + extra;
+            match len_form {
+                0 if n < 251 => body.push(n as u8),
+                1 => { body.push(0xFB); body.extend_from_slice(&(n as u16).to_le_bytes()) }
+                2 => { body.push(0xFC); body.extend_from_slice(&(n as u32).to_le_bytes()) }
+                _ => { body.push(0xFD); body.extend_from_slice(&(n as u64).to_le_bytes()) }
+            }
+            body.extend_from_slice(&payload);
+            let mut d = UDP_MAGIC.to_vec();
+            d.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+            d.push(frame::FRAME_VERSION);
+            d.extend_from_slice(&body);
+            let before = d.clone();
+            let from = key(4).node_id();
+            let decoded = decode_send_datagram(&before, 4096);
+            match rewrite_send_as_recv(&mut d, &from, None, 4096) {
+                Some(got) => {
+                    let (to, p) = decoded.expect("rewrote a datagram the reader refuses");
+                    prop_assert_eq!(got, to);
+                    let mut want = Vec::new();
+                    encode_recv(&mut want, true, &from, p, 4096).unwrap();
+                    prop_assert_eq!(&d, &want);
+                }
+                None => {
+                    prop_assert_eq!(&d, &before);
+                    // Refused only what the reader refuses or what is not in the
+                    // shortest form (re-encoding would change the length).
+                    if let Some((to, p)) = decoded {
+                        let mut canonical = Vec::new();
+                        encode_send_datagram(&mut canonical, &to, p, 4096).unwrap();
+                        prop_assert_ne!(canonical, before);
+                    }
+                }
+            }
+        }
+
+        #[test]
         fn forward_decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
             let mut d = UDP_MAGIC.to_vec();
             d.extend_from_slice(&((bytes.len() + 1) as u32).to_be_bytes());
@@ -632,6 +805,13 @@ mod tests {
             let _ = decode_send_datagram(&d, 4096);
             let _ = decode_recv_datagram(&d, 4096);
             let _ = decode_recv_datagram(&bytes, 4096);
+            let from = key(1).node_id();
+            for mut g in [d, bytes] {
+                let before = g.clone();
+                if rewrite_send_as_recv(&mut g, &from, None, 4096).is_none() {
+                    prop_assert_eq!(g, before);
+                }
+            }
         }
     }
 

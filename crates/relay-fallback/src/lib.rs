@@ -18,7 +18,7 @@ pub mod metrics;
 pub mod server;
 pub mod store;
 
-pub use crate::core::{ConnId, Event, Link, Relay, StreamPoll};
+pub use crate::core::{ConnId, Event, Forward, Link, Relay, StreamPoll};
 pub use config::Config;
 pub use limits::{Limits, MailLimits};
 pub use server::{start, Direction, RelayHandle, StartOptions, Tap};

@@ -22,6 +22,24 @@ use super::session::{ClientEvent, ClientSession, SessionError};
 /// How long the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Receive buffer asked for the UDP socket (Linux caps it at `net.core.rmem_max`). The
+/// relay forwards a burst as fast as it arrives (a batch it receives leaves as one GSO
+/// send), and the kernel's default ≈ 208 KiB holds only about 90 QUIC-sized datagrams
+/// not yet read.
+const UDP_RECV_BUFFER: usize = 4 << 20;
+
+/// A UDP socket bound to `addr` with a [`UDP_RECV_BUFFER`] receive buffer (if granted).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = sock.set_recv_buffer_size(UDP_RECV_BUFFER) {
+        tracing::debug!(error = %e, "cannot size the relay client's receive buffer");
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    UdpSocket::from_std(sock.into())
+}
+
 /// Why the client failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -81,7 +99,7 @@ impl RelayClient {
         } else {
             "[::]:0".parse().map_err(|_| ClientError::Closed)?
         };
-        let sock = UdpSocket::bind(bind).await?;
+        let sock = bind_udp(bind)?;
         sock.connect(relay).await?;
         let session = ClientSession::new(key, relay_id, Transport::Udp);
         Self::handshake(session, Io::Udp(sock, vec![0; 65536])).await

@@ -1,7 +1,9 @@
 //! The relay as a sans-IO state machine: bytes and `now` in, frames, events and counters out.
 //!
 //! Drive it like this:
-//! 1. Feed input: [`Relay::handle_datagram`] (UDP), [`Relay::handle_stream_open`],
+//! 1. Feed input: [`Relay::handle_datagram`] or [`Relay::forward_in_place`] (UDP; the
+//!    second rewrites forwarded datagrams in the caller's buffer, see `forward`),
+//!    [`Relay::handle_stream_open`],
 //!    [`Relay::handle_stream_bytes`] and [`Relay::handle_stream_closed`] (TCP/TLS), and
 //!    [`Relay::handle_timeout`] at least every [`TICK`].
 //! 2. After each call, drain [`Relay::poll_event`]: [`Event::UdpReady`] means
@@ -14,6 +16,7 @@
 //! of sealed mails is a [`MailStore`] called synchronously.
 
 mod auth;
+mod forward;
 mod mail;
 mod output;
 mod queue;
@@ -35,6 +38,7 @@ use crate::metrics::{Counters, Snapshot};
 use crate::store::MailStore;
 use queue::OutQueue;
 
+pub use forward::Forward;
 pub use output::StreamPoll;
 
 /// How often the driver must call [`Relay::handle_timeout`] at least.
@@ -223,18 +227,32 @@ impl<S: MailStore> Relay<S> {
             .saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
     }
 
-    /// A UDP datagram arrived from `from`.
+    /// A UDP datagram arrived from `from`. (The batched driver uses
+    /// [`Relay::forward_in_place`], which gives the same outcome without copying.)
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        self.counters.frames_in += 1;
-        self.counters.bytes_in += bytes.len() as u64;
-        if bytes.len() > self.limits.max_frame + wire::UDP_MAGIC.len() + frame::HEADER_LEN {
-            self.counters.dropped_oversize += 1;
+        if !self.count_in(bytes.len()) {
             return;
         }
         let link = Link::Udp(from);
         if !self.admit(now, link, bytes.len()) {
             return;
         }
+        self.dispatch_datagram(now, link, bytes);
+    }
+
+    /// Counts a received datagram; `false` (counted as oversize) when it is too long.
+    fn count_in(&mut self, len: usize) -> bool {
+        self.counters.frames_in += 1;
+        self.counters.bytes_in += len as u64;
+        if len > self.limits.max_frame + wire::UDP_MAGIC.len() + frame::HEADER_LEN {
+            self.counters.dropped_oversize += 1;
+            return false;
+        }
+        true
+    }
+
+    /// A counted and admitted UDP datagram: decode it and act on it.
+    fn dispatch_datagram(&mut self, now: Instant, link: Link, bytes: &[u8]) {
         // The bulk of the traffic: read `Send` in place (no copy of the payload).
         if let Some((to, payload)) = wire::decode_send_datagram(bytes, self.limits.max_frame) {
             match self.authed_node(&link) {
@@ -281,10 +299,7 @@ impl<S: MailStore> Relay<S> {
             return true;
         };
         ls.last_seen = now;
-        let cost = wire_len as u64;
-        if a.bytes.check(now, cost) && a.packets.check(now, 1) {
-            a.bytes.spend(cost);
-            a.packets.spend(1);
+        if a.admit(now, wire_len) {
             true
         } else {
             self.counters.dropped_rate += 1;
@@ -404,6 +419,20 @@ impl<S: MailStore> Relay<S> {
             queued_bytes: self.links.values().map(|l| l.queue.bytes()).sum(),
             draining: self.draining,
             counters: self.counters.clone(),
+        }
+    }
+}
+
+impl Authed {
+    /// Spends a frame of `wire_len` bytes from both rate buckets, if both have it.
+    fn admit(&mut self, now: Instant, wire_len: usize) -> bool {
+        let cost = wire_len as u64;
+        if self.bytes.check(now, cost) && self.packets.check(now, 1) {
+            self.bytes.spend(cost);
+            self.packets.spend(1);
+            true
+        } else {
+            false
         }
     }
 }

@@ -64,7 +64,7 @@ impl<S: MailStore> Relay<S> {
 
     /// Puts an encoded frame in `link`'s queue (or the control queue for an address
     /// without link state) and signals the driver.
-    fn enqueue(&mut self, link: Link, bytes: Vec<u8>) {
+    pub(super) fn enqueue(&mut self, link: Link, bytes: Vec<u8>) {
         let (qf, qb) = (self.limits.queue_frames, self.limits.queue_bytes);
         let Some(ls) = self.links.get_mut(&link) else {
             if let Link::Udp(addr) = link {

@@ -13,6 +13,8 @@ use super::*;
 use crate::client::{ClientEvent, ClientSession};
 use crate::store::MemStore;
 
+mod forward;
+
 struct H {
     relay: Relay<MemStore>,
     now: Instant,
