@@ -49,7 +49,10 @@ const RV_STUN_ALT: u16 = 3479;
 const RELAY_UDP: u16 = 3479;
 const RELAY_TLS: u16 = 4443;
 const NATS_PORT: u16 = 4222;
-const DAEMON_PORT: u16 = 7000;
+/// The daemons' UDP ports: one per pair, so that the two daemons behind one masquerade
+/// router never compete for a public port (a clash remaps one of them for some
+/// destinations only, and its STUN address would then not be its address for the peer).
+const DAEMON_PORTS: [u16; 2] = [7000, 7001];
 /// The UDP floor's ports (kept by masquerade, so they are also the public ones).
 const UDP_ECHO_PORT: u16 = 9000;
 const UDP_CLIENT_PORT: u16 = 9001;
@@ -217,10 +220,10 @@ async fn measure(lab: &Lab, dir: &Path, cfg: &WanConfig) -> anyhow::Result<WanRe
         hosts.push(("a2", "b2"));
     }
     let mut daemons = Vec::new();
-    for (a, b) in &hosts {
+    for ((a, b), port) in hosts.iter().zip(DAEMON_PORTS) {
         daemons.push((
-            start_daemon(lab, dir, &cloud, a)?,
-            start_daemon(lab, dir, &cloud, b)?,
+            start_daemon(lab, dir, &cloud, a, port)?,
+            start_daemon(lab, dir, &cloud, b, port)?,
         ));
     }
     for (a, b) in &mut daemons {
@@ -447,10 +450,16 @@ struct WanDaemon {
 
 /// Writes `host`'s TOML (socket and state under `dir`, the cloud's rendezvous and
 /// relay, STUN at the rendezvous' second port) and starts `agentmeshd` inside `host`.
-fn start_daemon(lab: &Lab, dir: &Path, c: &Cloud, host: &str) -> anyhow::Result<WanDaemon> {
+fn start_daemon(
+    lab: &Lab,
+    dir: &Path,
+    c: &Cloud,
+    host: &str,
+    port: u16,
+) -> anyhow::Result<WanDaemon> {
     let socket = dir.join(format!("{host}.sock"));
     let text = format!(
-        "socket = \"{sock}\"\nstate_dir = \"{state}\"\nlisten = \"0.0.0.0:{DAEMON_PORT}\"\n\
+        "socket = \"{sock}\"\nstate_dir = \"{state}\"\nlisten = \"0.0.0.0:{port}\"\n\
          upnp = false\nadmin = \"\"\nstun_servers = [\"{stun}\"]\n\
          [rendezvous]\naddr = \"{rv}\"\nnode_id = \"{rv_id}\"\ntenant = \"bench\"\n\
          token = \"bench-token\"\n\
