@@ -1,12 +1,19 @@
-//! A fixed one-way delay on a lab node's uplink without `sch_netem`: nftables (its
-//! `queue` statement) or, on kernels without `nft_queue`, iptables (the xtables
-//! `NFQUEUE` target) sends every packet leaving by the uplink (postrouting) and every
-//! packet arriving on it (prerouting) to NFQUEUE 0 of the node's namespace, and a thread inside that namespace
-//! hands each one back (`NF_ACCEPT`) `delay` after it was queued, in order. Same effect
-//! as `tc netem delay D` on both ends of the uplink, for kernels built without netem
-//! (`CONFIG_NETFILTER_NETLINK_QUEUE` is enough). Speaks nfnetlink_queue over a raw
-//! netlink socket (metadata only, no packet copies). Stopped on drop.
+//! A fixed one-way delay without `sch_netem`, for kernels built without it
+//! (`CONFIG_NETFILTER_NETLINK_QUEUE` is enough): nftables (its `queue` statement) or, on
+//! kernels without `nft_queue`, iptables (the xtables `NFQUEUE` target) sends the held
+//! packets to NFQUEUE 0 of a node's namespace, and a thread inside that namespace hands
+//! each one back (`NF_ACCEPT`) `delay` after it was queued, in order. Speaks
+//! nfnetlink_queue over a raw netlink socket (metadata only, no packet copies). Stopped
+//! on drop.
+//!
+//! Only *forwarded* packets should be held: a packet held in its sender's own namespace
+//! keeps its socket's send budget (TCP small queues), which throttles TCP far below what
+//! the delay alone does (netem avoids that by orphaning what it delays). So a router
+//! holds what crosses its uplink ([`Held::Uplink`]), and a host with a public address is
+//! delayed where its traffic is routed, in the internet namespace, by its address
+//! ([`Held::Addresses`]).
 
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -43,104 +50,172 @@ const QUEUE_MAXLEN: u32 = 16384;
 /// The nftables table holding the queue rules.
 const TABLE: &str = "amdelay";
 
-/// A running delay on one node's uplink.
-pub(crate) struct UplinkDelay {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+/// Which packets a node's delay holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Held<'a> {
+    /// Everything leaving by the node's uplink, and everything arriving on it.
+    Uplink,
+    /// Everything routed through the node to one of these addresses, and from them.
+    Addresses(&'a [Ipv4Addr]),
 }
 
-impl UplinkDelay {
-    /// Delays everything crossing `node`'s uplink by `delay`, each direction.
-    pub(crate) fn start(lab: &Lab, node: &str, delay: Duration) -> anyhow::Result<UplinkDelay> {
-        let n = lab.node(node)?;
-        let uplink = n
-            .uplink
-            .as_ref()
-            .map(|u| u.0.clone())
-            .context("node without an uplink")?;
-        let ns = n.ns.clone();
+/// One queue rule: the hook and the match, in nft words and in iptables words.
+struct QueueRule {
+    /// `true`: postrouting (leaving), `false`: prerouting (arriving).
+    out: bool,
+    nft: [String; 3],
+    iptables: [String; 2],
+}
+
+impl Held<'_> {
+    fn rules(self, lab: &Lab, node: &str) -> anyhow::Result<Vec<QueueRule>> {
+        let w = |a: &str, b: &str, c: &str| [a.to_owned(), b.to_owned(), c.to_owned()];
+        let x = |a: &str, b: &str| [a.to_owned(), b.to_owned()];
+        match self {
+            Held::Uplink => {
+                let n = lab.node(node)?;
+                let up = &n.uplink.as_ref().context("node without an uplink")?.0;
+                Ok(vec![
+                    QueueRule {
+                        out: true,
+                        nft: w("meta", "oifname", up),
+                        iptables: x("-o", up),
+                    },
+                    QueueRule {
+                        out: false,
+                        nft: w("meta", "iifname", up),
+                        iptables: x("-i", up),
+                    },
+                ])
+            }
+            Held::Addresses(addrs) => Ok(addrs
+                .iter()
+                .flat_map(|a| {
+                    let a = a.to_string();
+                    [
+                        QueueRule {
+                            out: true,
+                            nft: w("ip", "daddr", &a),
+                            iptables: x("-d", &a),
+                        },
+                        QueueRule {
+                            out: false,
+                            nft: w("ip", "saddr", &a),
+                            iptables: x("-s", &a),
+                        },
+                    ]
+                })
+                .collect()),
+        }
+    }
+}
+
+/// A running delay in one node.
+pub(crate) struct NodeDelay {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NodeDelay {
+    /// Delays what `held` says in `node` by `delay`.
+    pub(crate) fn start(
+        lab: &Lab,
+        node: &str,
+        held: Held<'_>,
+        delay: Duration,
+    ) -> anyhow::Result<NodeDelay> {
+        let rules = held.rules(lab, node)?;
+        let ns = lab.ns(node)?.to_owned();
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_rx, name) = (stop.clone(), format!("delay-{node}"));
-        let receiver = std::thread::Builder::new().name(name).spawn(move || {
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
             let fd = enter_namespace(&ns)
                 .map_err(anyhow::Error::from)
                 .and_then(|()| open_queue());
             match fd {
                 Ok(fd) => {
-                    let fd = Arc::new(fd);
                     let _ = ready_tx.send(Ok(()));
-                    run(&fd, delay, &stop_rx);
+                    run(&Arc::new(fd), delay, &stop_rx);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                 }
             }
         })?;
-        let d = UplinkDelay {
+        let d = NodeDelay {
             stop,
-            threads: vec![receiver],
+            thread: Some(thread),
         };
         ready_rx
             .recv_timeout(Duration::from_secs(5))
             .context("delay thread never started")??;
-        queue_rules(lab, node, &uplink)?;
+        queue_rules(lab, node, &rules)?;
         Ok(d)
     }
 }
 
-impl Drop for UplinkDelay {
+/// The kernel's counters of `node`'s queue 0 (`/proc/net/netfilter/nfnetlink_queue`):
+/// packets waiting, dropped for want of room, dropped for want of a reader.
+pub(crate) fn queue_counters(lab: &Lab, node: &str) -> anyhow::Result<serde_json::Value> {
+    let out = lab.exec(node, "cat", &["/proc/net/netfilter/nfnetlink_queue"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<u64> = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("0"))
+        .context("queue 0 not listed")?
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    Ok(serde_json::json!({
+        "waiting": f.get(2),
+        "queue_dropped": f.get(5),
+        "user_dropped": f.get(6),
+        "packets": f.get(7),
+    }))
+}
+
+impl Drop for NodeDelay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-/// Why no uplink delay can be made here without netem (no `iptables` for kernels
-/// without `nft_queue`), or `None`. Only checks for the program.
+/// Why no delay can be made here without netem (no `iptables` for kernels without
+/// `nft_queue`), or `None`. Only checks for the program.
 pub(crate) fn unavailable_reason() -> Option<String> {
     netsim::netns::gate::find_program("iptables")
         .is_none()
         .then(|| {
             "no sch_netem in the kernel and no iptables (Debian package iptables) for the \
-         NFQUEUE delay"
+             NFQUEUE delay"
                 .to_owned()
         })
 }
 
-/// The uplink's traffic in `node`, both ways, to queue 0 (no bypass: without the delay
-/// thread packets drop rather than pass undelayed): nftables, else iptables.
-fn queue_rules(lab: &Lab, node: &str, uplink: &str) -> anyhow::Result<()> {
-    if nft_queue_rules(lab, node, uplink).is_ok() {
+/// The held traffic in `node` to queue 0 (no bypass: without the delay thread packets
+/// drop rather than pass undelayed): nftables, else iptables.
+fn queue_rules(lab: &Lab, node: &str, rules: &[QueueRule]) -> anyhow::Result<()> {
+    if nft_queue_rules(lab, node, rules).is_ok() {
         return Ok(());
     }
     let _ = lab.exec(node, "nft", &["delete", "table", "inet", TABLE]);
-    for (chain, dir) in [("POSTROUTING", "-o"), ("PREROUTING", "-i")] {
-        lab.exec(
-            node,
-            "iptables",
-            &[
-                "-t",
-                "mangle",
-                "-A",
-                chain,
-                dir,
-                uplink,
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                "0",
-            ],
-        )
-        .context("iptables NFQUEUE rule")?;
+    for r in rules {
+        let chain = if r.out { "POSTROUTING" } else { "PREROUTING" };
+        let mut args = vec!["-t", "mangle", "-A", chain];
+        args.extend(r.iptables.iter().map(String::as_str));
+        args.extend(["-j", "NFQUEUE", "--queue-num", "0"]);
+        lab.exec(node, "iptables", &args)
+            .context("iptables NFQUEUE rule")?;
     }
     Ok(())
 }
 
-fn nft_queue_rules(lab: &Lab, node: &str, uplink: &str) -> anyhow::Result<()> {
-    let rules: [&[&str]; 5] = [
+fn nft_queue_rules(lab: &Lab, node: &str, rules: &[QueueRule]) -> anyhow::Result<()> {
+    let chains: [&[&str]; 3] = [
         &["add", "table", "inet", TABLE],
         &[
             "add",
@@ -158,15 +233,16 @@ fn nft_queue_rules(lab: &Lab, node: &str, uplink: &str) -> anyhow::Result<()> {
             "in",
             "{ type filter hook prerouting priority -250; policy accept; }",
         ],
-        &[
-            "add", "rule", "inet", TABLE, "out", "oifname", uplink, "queue", "num", "0",
-        ],
-        &[
-            "add", "rule", "inet", TABLE, "in", "iifname", uplink, "queue", "num", "0",
-        ],
     ];
-    for args in rules {
+    for args in chains {
         lab.exec(node, "nft", args)?;
+    }
+    for r in rules {
+        let chain = if r.out { "out" } else { "in" };
+        let mut args = vec!["add", "rule", "inet", TABLE, chain];
+        args.extend(r.nft.iter().map(String::as_str));
+        args.extend(["queue", "num", "0"]);
+        lab.exec(node, "nft", &args)?;
     }
     Ok(())
 }

@@ -32,12 +32,12 @@ use agentmesh_rendezvous::server::{self, Running};
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use netsim::netns::{gate, lab::enter_namespace, netem, Lab, Netem, Tool};
+use netsim::netns::{gate, lab::enter_namespace, netem, Lab, Netem, Tool, INTERNET};
 use netsim::Preset;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::nfdelay::UplinkDelay;
+use crate::nfdelay::{Held, NodeDelay};
 use crate::report::{self, WanReport};
 use crate::udp::UdpPingPong;
 use crate::{Contender, Payload, Rounds};
@@ -132,10 +132,7 @@ pub(crate) async fn run(cfg: &WanConfig) -> anyhow::Result<WanReport> {
         let delays = if netem {
             Vec::new()
         } else {
-            DELAYED
-                .iter()
-                .map(|n| UplinkDelay::start(&lab, n, d))
-                .collect::<anyhow::Result<Vec<_>>>()?
+            nfqueue_delays(&lab, d)?
         };
         let r = measure(&lab, dir.path(), cfg).await;
         tokio::task::block_in_place(|| drop(delays));
@@ -155,6 +152,36 @@ pub(crate) async fn run(cfg: &WanConfig) -> anyhow::Result<WanReport> {
 
 /// The nodes whose uplink carries the delay: the cloud's hosts and the home routers.
 const DELAYED: [&str; 5] = ["rv", "relay", "nats", "a", "b"];
+/// The cloud's hosts (public addresses on the internet bridge).
+const CLOUD: [&str; 3] = ["rv", "relay", "nats"];
+/// The home sites' hosts (behind the routers `a` and `b`).
+const HOMES: [&str; 4] = ["a1", "a2", "b1", "b2"];
+
+/// The same delays as netem on [`DELAYED`] would give, by NFQUEUE: on the home routers'
+/// uplinks, and for the cloud's hosts where their traffic to the home sites is routed
+/// (the internet namespace), not in their own namespaces (see [`crate::nfdelay`]).
+/// Traffic between two cloud hosts is not delayed (none is measured). Every host sends
+/// plain packets, segmented before they leave it as by a NIC without offloads: a
+/// forwarded UDP GSO super-packet split by the queue lost some of its segments (about
+/// one in ten of a relayed 64 KiB request's, seen as QUIC retransmissions).
+fn nfqueue_delays(lab: &Lab, d: Duration) -> anyhow::Result<Vec<NodeDelay>> {
+    for host in CLOUD.iter().chain(&HOMES) {
+        lab.exec(
+            host,
+            "ip",
+            &["link", "set", "dev", "eth0", "gso_max_segs", "1"],
+        )?;
+    }
+    let cloud: Vec<Ipv4Addr> = CLOUD
+        .iter()
+        .map(|h| lab.addr(h))
+        .collect::<Result<_, _>>()?;
+    Ok(vec![
+        NodeDelay::start(lab, "a", Held::Uplink, d)?,
+        NodeDelay::start(lab, "b", Held::Uplink, d)?,
+        NodeDelay::start(lab, INTERNET, Held::Addresses(&cloud), d)?,
+    ])
+}
 
 /// Sites `cloud` (open), `a` and `b` (NAT); with `netem`, netem on every node of
 /// [`DELAYED`] (otherwise the caller puts its NFQUEUE delay there).
@@ -259,7 +286,15 @@ async fn measure(lab: &Lab, dir: &Path, cfg: &WanConfig) -> anyhow::Result<WanRe
         payloads: &cfg.payloads,
     };
     let rtt = crate::rtt_rounds(&rounds, &mut cs).await?;
-    let paths = path_report(lab, &mut cs, cfg.relay).await?;
+    let mut paths = path_report(lab, &mut cs, cfg.relay).await?;
+    if !netem::netem_supported() {
+        let mut q = serde_json::Map::new();
+        for node in ["a", "b", INTERNET] {
+            q.insert(node.into(), crate::nfdelay::queue_counters(lab, node)?);
+        }
+        eprintln!("wan: delay queues {q:?}");
+        paths["delay_queues"] = Value::Object(q);
+    }
     drop(cs);
     for (a, b) in &daemons {
         lab.kill(a.pid);
@@ -394,7 +429,7 @@ impl Drop for NsRuntime {
 /// Keeps `host` to the cloud: its namespace drops every packet it sends anywhere else
 /// (counted), so its daemon cannot punch to the other site and stays on the relay.
 fn firewall_to_cloud(lab: &Lab, host: &str) -> anyhow::Result<()> {
-    let cloud: Vec<String> = ["rv", "relay", "nats"]
+    let cloud: Vec<String> = CLOUD
         .iter()
         .map(|h| lab.addr(h).map(|a| a.to_string()))
         .collect::<Result<_, _>>()?;
