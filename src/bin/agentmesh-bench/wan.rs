@@ -134,7 +134,7 @@ pub(crate) async fn run(cfg: &WanConfig) -> anyhow::Result<WanReport> {
         } else {
             nfqueue_delays(&lab, d)?
         };
-        let r = measure(&lab, dir.path(), cfg).await;
+        let r = measure(&lab, dir.path(), cfg, netem).await;
         tokio::task::block_in_place(|| drop(delays));
         r
     }
@@ -236,7 +236,9 @@ impl CloudServices {
     }
 }
 
-async fn measure(lab: &Lab, dir: &Path, cfg: &WanConfig) -> anyhow::Result<WanReport> {
+/// Starts the servers, the daemons and the contenders in the built lab and measures;
+/// without `netem`, the NFQUEUE delay's counters go into the paths.
+async fn measure(lab: &Lab, dir: &Path, cfg: &WanConfig, netem: bool) -> anyhow::Result<WanReport> {
     let (services, cloud) = start_cloud(lab, dir).await?;
     let port = NATS_PORT.to_string();
     let nats = lab.spawn("nats", "nats-server", &["-a", "0.0.0.0", "-p", &port])?;
@@ -287,7 +289,7 @@ async fn measure(lab: &Lab, dir: &Path, cfg: &WanConfig) -> anyhow::Result<WanRe
     };
     let rtt = crate::rtt_rounds(&rounds, &mut cs).await?;
     let mut paths = path_report(lab, &mut cs, cfg.relay).await?;
-    if !netem::netem_supported() {
+    if !netem {
         let mut q = serde_json::Map::new();
         for node in ["a", "b", INTERNET] {
             q.insert(node.into(), crate::nfdelay::queue_counters(lab, node)?);
