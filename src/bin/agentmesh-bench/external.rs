@@ -57,13 +57,17 @@ impl Drop for Agentmeshd {
     }
 }
 
-/// `agentmeshd` next to this executable (`cargo build --release --bins` builds both).
-fn daemon_binary() -> anyhow::Result<PathBuf> {
+/// `agentmeshd` next to this executable (`cargo build --release --bins` builds both), or
+/// one directory up when this is a unit-test executable in `target/<profile>/deps`.
+pub(crate) fn daemon_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .context("executable without a directory")?
-        .join("agentmeshd");
+    let dir = exe.parent().context("executable without a directory")?;
+    let mut bin = dir.join("agentmeshd");
+    if !bin.exists() && dir.ends_with("deps") {
+        if let Some(up) = dir.parent() {
+            bin = up.join("agentmeshd");
+        }
+    }
     if !bin.exists() {
         bail!(
             "{} not found: build it with `cargo build --release --bins`",

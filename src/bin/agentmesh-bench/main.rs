@@ -9,7 +9,12 @@
 //! through the relay), `footprint` (RSS of one idle daemon and CPU at a fixed request
 //! rate in-process; then the real `agentmeshd` as its own process: RSS idle and per idle
 //! peer session, CPU at 10,000 requests/s), `fanout` (one `emit` to 1,000 subscribers on
-//! 100 daemons, cold and warm).
+//! 100 daemons, cold and warm), `wan` (across a network instead of loopback: a netns lab
+//! with a delay D on every uplink, `tc netem` or an NFQUEUE delay where the kernel has no
+//! netem, two NATed home sites with a real `agentmeshd` each and a cloud site with the
+//! rendezvous, the relay and `nats-server`: UDP floor vs NATS through the cloud vs
+//! agentmesh direct vs agentmesh relayed; needs root, skipped with the reason otherwise,
+//! an error when asked for by name).
 //! Table on stdout, JSON in `target/bench/results.json`, progress on stderr.
 
 mod external;
@@ -19,17 +24,20 @@ mod footprint;
 mod hops;
 mod mesh;
 mod nats;
+mod nfdelay;
 mod report;
 mod stats;
 mod stream;
 mod udp;
+mod wan;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::mesh::{MeshPair, Services, Want};
@@ -94,9 +102,26 @@ struct Args {
     /// for profiling the daemons' own work, e.g. under `perf record`.
     #[arg(long)]
     only_mesh: bool,
+    /// One-way delay on every site's uplink in the `wan` part (ms; `tc netem`, or an
+    /// NFQUEUE delay without netem): a direct round trip crosses four uplinks, one
+    /// through the cloud eight.
+    #[arg(long, default_value_t = 5)]
+    wan_delay_ms: u32,
+    /// Measured round trips per contender and payload in the `wan` part.
+    #[arg(long, default_value_t = 200)]
+    wan_iterations: usize,
+    /// Round trips of one `wan` contender before the next takes its turn.
+    #[arg(long, default_value_t = 20)]
+    wan_round: usize,
+    /// Leave out the relayed agentmesh pair of the `wan` part.
+    #[arg(long)]
+    wan_no_relay: bool,
     /// Where the JSON goes.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
+    /// Whether `--parts` was given (a part asked for by name must run or fail).
+    #[arg(skip)]
+    parts_explicit: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -106,6 +131,7 @@ enum Part {
     Stream,
     Footprint,
     Fanout,
+    Wan,
 }
 
 impl Part {
@@ -116,6 +142,7 @@ impl Part {
             Part::Stream,
             Part::Footprint,
             Part::Fanout,
+            Part::Wan,
         ]
     }
 }
@@ -126,6 +153,7 @@ enum Contender {
     Hops(hops::HopChain),
     Nats(nats::Nats, &'static str),
     Mesh(MeshPair, &'static str),
+    Wan(wan::WanContender),
 }
 
 /// One payload in each contender's form.
@@ -153,6 +181,7 @@ impl Contender {
             Contender::Hops(_) => report::HOPS,
             Contender::Nats(_, name) => name,
             Contender::Mesh(_, name) => name,
+            Contender::Wan(w) => w.name(),
         }
     }
 
@@ -162,12 +191,15 @@ impl Contender {
             Contender::Hops(h) => h.round_trip(&p.raw).await,
             Contender::Nats(n, _) => n.round_trip(&p.bytes).await,
             Contender::Mesh(m, _) => m.request(&p.json).await,
+            Contender::Wan(w) => w.once(p).await,
         }
     }
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches)?;
+    args.parts_explicit = matches.value_source("parts") == Some(ValueSource::CommandLine);
     agentmesh_tlsid::install_default_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -176,6 +208,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let wan_unavailable = args
+        .parts
+        .contains(&Part::Wan)
+        .then(|| tokio::task::block_in_place(wan::unavailable_reason))
+        .flatten();
+    if let (Some(why), true) = (&wan_unavailable, args.parts_explicit) {
+        anyhow::bail!("the wan part cannot run here: {why}");
+    }
     let dir = tempfile::tempdir()?;
     let (nofile, nofile_hard) = footprint::raise_nofile_limit()?;
     let mut report = Report {
@@ -204,7 +244,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut contenders = contenders(&args, &services, dir.path()).await?;
     if !contenders.is_empty() {
-        report.rtt = rtt_rounds(&args, &mut contenders).await?;
+        let rounds = Rounds {
+            label: "rtt",
+            iterations: args.iterations,
+            round: args.round,
+            warmup: 20,
+            payloads: &args.payloads,
+        };
+        report.rtt = rtt_rounds(&rounds, &mut contenders).await?;
         report.paths = path_report(&mut contenders).await?;
     }
     if has(Part::Footprint) {
@@ -249,6 +296,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             warm_emits: args.fanout_emits,
         };
         report.fanout = fanout::run(&services, dir.path(), cfg).await?;
+    }
+    match (has(Part::Wan), wan_unavailable) {
+        (true, Some(why)) => eprintln!("wan: skipped: {why}"),
+        (true, None) => report.wan = Some(wan::run(&wan_config(&args)).await?),
+        (false, _) => {}
     }
     report.meta["load_average_after"] = json!(load_average());
     report.check_targets(&args.payloads);
@@ -313,24 +365,46 @@ async fn contenders(
     Ok(v)
 }
 
+/// The `wan` part's settings from the command line.
+fn wan_config(args: &Args) -> wan::WanConfig {
+    wan::WanConfig {
+        delay_ms: args.wan_delay_ms,
+        iterations: args.wan_iterations,
+        round: args.wan_round,
+        warmup: 10,
+        payloads: args.payloads.clone(),
+        relay: !args.wan_no_relay,
+    }
+}
+
+/// How [`rtt_rounds`] runs: the progress label, round trips measured per contender and
+/// payload, per turn, and of warm-up.
+struct Rounds<'a> {
+    label: &'static str,
+    iterations: usize,
+    round: usize,
+    warmup: usize,
+    payloads: &'a [usize],
+}
+
 /// Every payload: a short warm-up, then rounds of `round` round trips per contender,
 /// the contenders taking turns (the first one rotating).
-async fn rtt_rounds(args: &Args, cs: &mut [Contender]) -> anyhow::Result<Vec<RttRow>> {
+async fn rtt_rounds(args: &Rounds<'_>, cs: &mut [Contender]) -> anyhow::Result<Vec<RttRow>> {
     let mut rows = Vec::new();
     let round = args.round.max(1);
     let rounds = args.iterations.div_ceil(round);
-    for &size in &args.payloads {
+    for &size in args.payloads {
         let p = Payload::new(size);
         let mut samples = vec![Samples::default(); cs.len()];
         for c in cs.iter_mut() {
-            for _ in 0..20 {
+            for _ in 0..args.warmup {
                 c.once(&p)
                     .await
                     .with_context(|| format!("warm-up {}", c.name()))?;
             }
         }
         for r in 0..rounds {
-            eprintln!("rtt {size} B: round {}/{rounds}", r + 1);
+            eprintln!("{} {size} B: round {}/{rounds}", args.label, r + 1);
             for k in 0..cs.len() {
                 let i = (k + r) % cs.len();
                 for _ in 0..round {

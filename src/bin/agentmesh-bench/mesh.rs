@@ -324,24 +324,7 @@ impl MeshPair {
 
     /// One request to the echo agent and its final reply; `input` comes back as text.
     pub(crate) async fn request(&mut self, input: &Value) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let args = json!({"from": self.me, "to": self.target, "skill": "echo", "input": input});
-        let id = self.caller.send("request", args).await?;
-        let fin = loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), self.caller.next_message())
-                .await
-                .context("no reply in 10 s")??;
-            if m.get("event").is_none() && m["id"] == json!(id) {
-                break m;
-            }
-        };
-        let took = started.elapsed();
-        let want_len = input.as_str().map_or(0, str::len);
-        let got = fin["ok"]["output"]["text"].as_str().map(str::len);
-        if fin["ok"]["state"] != "completed" || (want_len > 0 && got != Some(want_len)) {
-            bail!("request failed: {}", truncate(&fin));
-        }
-        Ok(took)
+        echo_request(&mut self.caller, &self.me, &self.target, input).await
     }
 
     /// Datagrams the firewalls dropped (the direct attempts of a relayed pair).
@@ -350,13 +333,41 @@ impl MeshPair {
     }
 }
 
+/// One request from `me` to the echo agent `target` over the caller's local API, and
+/// its final reply; `input` must come back as text.
+pub(crate) async fn echo_request(
+    caller: &mut Client,
+    me: &Value,
+    target: &Value,
+    input: &Value,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let args = json!({"from": me, "to": target, "skill": "echo", "input": input});
+    let id = caller.send("request", args).await?;
+    let fin = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), caller.next_message())
+            .await
+            .context("no reply in 10 s")??;
+        if m.get("event").is_none() && m["id"] == json!(id) {
+            break m;
+        }
+    };
+    let took = started.elapsed();
+    let want_len = input.as_str().map_or(0, str::len);
+    let got = fin["ok"]["output"]["text"].as_str().map(str::len);
+    if fin["ok"]["state"] != "completed" || (want_len > 0 && got != Some(want_len)) {
+        bail!("request failed: {}", truncate(&fin));
+    }
+    Ok(took)
+}
+
 fn truncate(v: &Value) -> String {
     let s = v.to_string();
     s.chars().take(300).collect()
 }
 
 /// Discovers the agent with `cap` (bounded) and returns its id.
-async fn discover(c: &mut Client, cap: &str) -> anyhow::Result<Value> {
+pub(crate) async fn discover(c: &mut Client, cap: &str) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let r = c

@@ -26,6 +26,21 @@ pub(crate) struct StreamRow {
     pub(crate) mib_per_s_median: f64,
 }
 
+/// The `wan` part: round trips across the netns lab, and what proves the paths.
+#[derive(Debug, Serialize)]
+pub(crate) struct WanReport {
+    /// One-way netem delay on every uplink (ms).
+    pub(crate) delay_ms: u32,
+    /// What makes the delay: `tc netem`, or the NFQUEUE delay where netem is missing.
+    pub(crate) delay_by: &'static str,
+    /// The propagation floor of each route (ms): 4D direct, 8D through the cloud.
+    pub(crate) expected_rtt_ms: Value,
+    pub(crate) topology: Value,
+    pub(crate) rtt: Vec<RttRow>,
+    /// The agentmesh callers' peer status after the measurements.
+    pub(crate) paths: Value,
+}
+
 /// A target from the issue, checked.
 #[derive(Debug, Serialize)]
 pub(crate) struct Check {
@@ -44,12 +59,14 @@ pub(crate) struct Report {
     pub(crate) stream: Vec<StreamRow>,
     pub(crate) footprint: Value,
     pub(crate) fanout: Value,
+    pub(crate) wan: Option<WanReport>,
     pub(crate) checks: Vec<Check>,
 }
 
 pub(crate) const UDP: &str = "raw UDP ping-pong";
 pub(crate) const NATS: &str = "NATS request/reply";
 pub(crate) const NATS_TLS: &str = "NATS request/reply, TLS";
+pub(crate) const NATS_CLOUD: &str = "NATS request/reply (server in the cloud)";
 pub(crate) const HOPS: &str = "hop floor (no protocol)";
 pub(crate) const MESH_DIRECT: &str = "agentmesh direct";
 pub(crate) const MESH_RELAY: &str = "agentmesh relay";
@@ -146,6 +163,18 @@ impl Report {
             0.95,
             false,
         );
+        if let Some(w) = &self.wan {
+            for &p in &w.payloads() {
+                check(
+                    format!("wan {p} B: direct p50 / NATS (cloud) p50 ≤ 1"),
+                    w.p50(MESH_DIRECT, p)
+                        .zip(w.p50(NATS_CLOUD, p))
+                        .map(|(d, n)| d / n),
+                    1.0,
+                    true,
+                );
+            }
+        }
         let f = &self.fanout;
         check(
             "fan-out: lost deliveries = 0".into(),
@@ -215,6 +244,9 @@ impl Report {
         if !self.fanout.is_null() {
             self.print_fanout();
         }
+        if let Some(w) = &self.wan {
+            w.print();
+        }
         if !self.checks.is_empty() {
             println!("\nTargets\n");
             println!("| target | value | pass |");
@@ -263,5 +295,61 @@ impl Report {
         }
         std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
         Ok(())
+    }
+}
+
+impl WanReport {
+    fn p50(&self, contender: &str, payload: usize) -> Option<f64> {
+        self.rtt
+            .iter()
+            .find(|r| r.contender == contender && r.payload == payload)
+            .map(|r| r.summary.p50_us)
+    }
+
+    fn payloads(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.rtt.iter().map(|r| r.payload).collect();
+        v.dedup();
+        v
+    }
+
+    /// The round-trip table in milliseconds, with the paths the agentmesh pairs used.
+    fn print(&self) {
+        let d = self.delay_ms;
+        println!(
+            "\nAcross a network (netns lab, one-way delay {d} ms on every uplink by {}: \
+             direct floor 4D = {} ms, through the cloud 8D = {} ms; ms, ratios are of p50s)\n",
+            self.delay_by,
+            4 * d,
+            8 * d
+        );
+        println!("| payload | contender | n | p50 | p99 | ÷ UDP | ÷ NATS |");
+        println!("|---:|---|---:|---:|---:|---:|---:|");
+        for r in &self.rtt {
+            let s = &r.summary;
+            let ratio = |c: &str| {
+                self.p50(c, r.payload)
+                    .map_or("-".into(), |b| format!("{:.2}", s.p50_us / b))
+            };
+            println!(
+                "| {} | {} | {} | {:.2} | {:.2} | {} | {} |",
+                r.payload,
+                r.contender,
+                s.n,
+                s.p50_us / 1e3,
+                s.p99_us / 1e3,
+                ratio(UDP),
+                ratio(NATS_CLOUD)
+            );
+        }
+        let path = |c: &str| {
+            let p = &self.paths[c]["peer"];
+            let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+            format!("{} ({})", s(&p["path"]), s(&p["tier"]))
+        };
+        println!(
+            "\nPaths: {MESH_DIRECT}: {}; {MESH_RELAY}: {}",
+            path(MESH_DIRECT),
+            path(MESH_RELAY)
+        );
     }
 }

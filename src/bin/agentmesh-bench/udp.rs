@@ -23,14 +23,27 @@ impl UdpPingPong {
         let server = UdpSocket::bind("127.0.0.1:0").await?;
         let client = UdpSocket::bind("127.0.0.1:0").await?;
         client.connect(server.local_addr()?).await?;
-        let echo = tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_536];
-            while let Ok((n, from)) = server.recv_from(&mut buf).await {
-                if server.send_to(&buf[..n], from).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let echo = spawn_echo(server);
+        Ok(UdpPingPong {
+            client,
+            echo,
+            buf: vec![0u8; 65_536],
+        })
+    }
+
+    /// A ping-pong between two sockets made elsewhere (e.g. in two network namespaces):
+    /// `client` sends to `server_addr`, as which `server` is reached; `server` echoes.
+    pub(crate) fn from_std(
+        server: std::net::UdpSocket,
+        client: std::net::UdpSocket,
+        server_addr: std::net::SocketAddr,
+    ) -> anyhow::Result<UdpPingPong> {
+        server.set_nonblocking(true)?;
+        client.set_nonblocking(true)?;
+        client.connect(server_addr)?;
+        let server = UdpSocket::from_std(server)?;
+        let client = UdpSocket::from_std(client)?;
+        let echo = spawn_echo(server);
         Ok(UdpPingPong {
             client,
             echo,
@@ -56,6 +69,18 @@ impl UdpPingPong {
         }
         Ok(started.elapsed())
     }
+}
+
+/// The echo: every datagram goes back to its sender.
+fn spawn_echo(server: UdpSocket) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = server.recv_from(&mut buf).await {
+            if server.send_to(&buf[..n], from).await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 impl Drop for UdpPingPong {
