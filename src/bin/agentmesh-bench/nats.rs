@@ -61,30 +61,44 @@ impl Nats {
             responder: tokio::spawn(async {}),
         };
         let responder = connect(port, ca.as_deref()).await?;
-        let mut sub = responder.subscribe(SUBJECT).await?;
-        responder.flush().await?;
-        nats.responder = tokio::spawn(async move {
-            while let Some(msg) = sub.next().await {
-                if let Some(reply) = msg.reply {
-                    if responder.publish(reply, msg.payload).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+        nats.responder = spawn_echo(responder).await?;
         Ok(nats)
     }
 
     /// One request/reply of `payload`.
     pub(crate) async fn round_trip(&mut self, payload: &Bytes) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let reply = self.requester.request(SUBJECT, payload.clone()).await?;
-        let took = started.elapsed();
-        if reply.payload.len() != payload.len() {
-            bail!("nats reply of {} bytes", reply.payload.len());
-        }
-        Ok(took)
+        request_round_trip(&self.requester, payload).await
     }
+}
+
+/// Subscribes `responder` to the bench subject and answers every request with its
+/// payload, in a task of the current runtime.
+pub(crate) async fn spawn_echo(responder: async_nats::Client) -> anyhow::Result<JoinHandle<()>> {
+    let mut sub = responder.subscribe(SUBJECT).await?;
+    responder.flush().await?;
+    Ok(tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            if let Some(reply) = msg.reply {
+                if responder.publish(reply, msg.payload).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+/// One request/reply of `payload` on the bench subject, checked for length.
+pub(crate) async fn request_round_trip(
+    requester: &async_nats::Client,
+    payload: &Bytes,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let reply = requester.request(SUBJECT, payload.clone()).await?;
+    let took = started.elapsed();
+    if reply.payload.len() != payload.len() {
+        bail!("nats reply of {} bytes", reply.payload.len());
+    }
+    Ok(took)
 }
 
 /// The server's certificate and key and the CA that issued it, as PEM files.

@@ -74,6 +74,18 @@ pub(crate) const QUINN: &str = "raw quinn";
 pub(crate) const STREAM_DIRECT: &str = "agentmesh direct (MeshSocket)";
 pub(crate) const STREAM_RELAY: &str = "agentmesh relay (MeshSocket + relay)";
 
+/// The p50 of `contender` at `payload` among `rows`.
+fn p50_of(rows: &[RttRow], contender: &str, payload: usize) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.contender == contender && r.payload == payload)
+        .map(|r| r.summary.p50_us)
+}
+
+/// A table cell: `p50 ÷ base` to two places, or `-` without a base.
+fn ratio_cell(p50: f64, base: Option<f64>) -> String {
+    base.map_or("-".into(), |b| format!("{:.2}", p50 / b))
+}
+
 pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -85,10 +97,7 @@ pub(crate) fn median(v: &[f64]) -> f64 {
 
 impl Report {
     fn p50(&self, contender: &str, payload: usize) -> Option<f64> {
-        self.rtt
-            .iter()
-            .find(|r| r.contender == contender && r.payload == payload)
-            .map(|r| r.summary.p50_us)
+        p50_of(&self.rtt, contender, payload)
     }
 
     fn stream_rate(&self, contender: &str) -> Option<f64> {
@@ -201,10 +210,7 @@ impl Report {
             println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
             for r in &self.rtt {
                 let s = &r.summary;
-                let ratio = |c: &str| {
-                    self.p50(c, r.payload)
-                        .map_or("-".into(), |b| format!("{:.2}", s.p50_us / b))
-                };
+                let ratio = |c: &str| ratio_cell(s.p50_us, self.p50(c, r.payload));
                 println!(
                     "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |",
                     r.payload,
@@ -300,10 +306,7 @@ impl Report {
 
 impl WanReport {
     fn p50(&self, contender: &str, payload: usize) -> Option<f64> {
-        self.rtt
-            .iter()
-            .find(|r| r.contender == contender && r.payload == payload)
-            .map(|r| r.summary.p50_us)
+        p50_of(&self.rtt, contender, payload)
     }
 
     fn payloads(&self) -> Vec<usize> {
@@ -326,10 +329,7 @@ impl WanReport {
         println!("|---:|---|---:|---:|---:|---:|---:|");
         for r in &self.rtt {
             let s = &r.summary;
-            let ratio = |c: &str| {
-                self.p50(c, r.payload)
-                    .map_or("-".into(), |b| format!("{:.2}", s.p50_us / b))
-            };
+            let ratio = |c: &str| ratio_cell(s.p50_us, self.p50(c, r.payload));
             println!(
                 "| {} | {} | {} | {:.2} | {:.2} | {} | {} |",
                 r.payload,

@@ -31,7 +31,6 @@ use agentmesh_rendezvous::config::Config as RvConfig;
 use agentmesh_rendezvous::server::{self, Running};
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use netsim::netns::{gate, lab::enter_namespace, netem, Lab, Netem, Tool, INTERNET};
 use netsim::Preset;
 use serde_json::{json, Value};
@@ -56,7 +55,6 @@ const DAEMON_PORTS: [u16; 2] = [7000, 7001];
 /// The UDP floor's ports (kept by masquerade, so they are also the public ones).
 const UDP_ECHO_PORT: u16 = 9000;
 const UDP_CLIENT_PORT: u16 = 9001;
-const SUBJECT: &str = "bench.echo";
 /// Name of the nftables table that keeps the relay pair's hosts to the cloud.
 const FIREWALL_TABLE: &str = "amwan";
 
@@ -678,21 +676,7 @@ impl WanNats {
         let (a_rt, b_rt) = (NsRuntime::start(lab, a)?, NsRuntime::start(lab, b)?);
         let requester = a_rt.run(nats_connect(server)).await??;
         let responder = b_rt.run(nats_connect(server)).await??;
-        b_rt.run(async move {
-            let mut sub = responder.subscribe(SUBJECT).await?;
-            responder.flush().await?;
-            tokio::spawn(async move {
-                while let Some(msg) = sub.next().await {
-                    if let Some(reply) = msg.reply {
-                        if responder.publish(reply, msg.payload).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-            anyhow::Ok(())
-        })
-        .await??;
+        b_rt.run(crate::nats::spawn_echo(responder)).await??;
         Ok(WanNats {
             requester,
             _a: a_rt,
@@ -701,13 +685,7 @@ impl WanNats {
     }
 
     async fn round_trip(&mut self, payload: &Bytes) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let reply = self.requester.request(SUBJECT, payload.clone()).await?;
-        let took = started.elapsed();
-        if reply.payload.len() != payload.len() {
-            bail!("nats reply of {} bytes", reply.payload.len());
-        }
-        Ok(took)
+        crate::nats::request_round_trip(&self.requester, payload).await
     }
 }
 
