@@ -62,6 +62,7 @@ impl Nats {
         };
         let responder = connect(port, ca.as_deref()).await?;
         nats.responder = spawn_echo(responder).await?;
+        wait_for_echo(&nats.requester).await?;
         Ok(nats)
     }
 
@@ -85,6 +86,23 @@ pub(crate) async fn spawn_echo(responder: async_nats::Client) -> anyhow::Result<
             }
         }
     }))
+}
+
+/// Waits (bounded) until a request reaches the echo: the responder's subscription
+/// travels on its own connection, and a request the server handles before it answers
+/// "no responders".
+pub(crate) async fn wait_for_echo(requester: &async_nats::Client) -> anyhow::Result<()> {
+    let probe = Bytes::from_static(b"ready?");
+    let mut last = None;
+    for _ in 0..100 {
+        match request_round_trip(requester, &probe).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no answer")))
+        .context("the NATS echo never answered (5 s)")
 }
 
 /// One request/reply of `payload` on the bench subject, checked for length.

@@ -677,6 +677,9 @@ impl WanNats {
         let requester = a_rt.run(nats_connect(server)).await??;
         let responder = b_rt.run(nats_connect(server)).await??;
         b_rt.run(crate::nats::spawn_echo(responder)).await??;
+        let ready = requester.clone();
+        a_rt.run(async move { crate::nats::wait_for_echo(&ready).await })
+            .await??;
         Ok(WanNats {
             requester,
             _a: a_rt,
