@@ -216,6 +216,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let (Some(why), true) = (&wan_unavailable, args.parts_explicit) {
         anyhow::bail!("the wan part cannot run here: {why}");
     }
+    if args.parts.contains(&Part::Footprint) || args.parts.contains(&Part::Wan) {
+        // Fail now, not minutes into the run: both parts start the real daemon.
+        external::daemon_binary()?;
+    }
     let dir = tempfile::tempdir()?;
     let (nofile, nofile_hard) = footprint::raise_nofile_limit()?;
     let mut report = Report {
