@@ -12,6 +12,12 @@
 //! holds what crosses its uplink ([`Held::Uplink`]), and a host with a public address is
 //! delayed where its traffic is routed, in the internet namespace, by its address
 //! ([`Held::Addresses`]).
+//!
+//! Why not the `nfq` crate: its `Queue` needs `&mut` both to receive and to give verdicts
+//! and has no descriptor to wait on with a deadline, so one thread could not block for
+//! new packets and also release each one at its due time (a receiving thread and a
+//! verdict thread share the socket here). The netlink speaking below is only that: bind,
+//! metadata-only copy mode, queue length, packet ids in, verdicts out.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
