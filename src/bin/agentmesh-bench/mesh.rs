@@ -17,7 +17,7 @@ use agentmesh::cli::sample_agents::spawn_agent;
 use agentmesh::cli::Client;
 use agentmesh::config::DaemonConfig;
 use agentmesh::daemon::{mesh_config, Daemon, NetBinding};
-use agentmesh_proto::SecretKey;
+use agentmesh_proto::{NodeId, SecretKey};
 use agentmesh_relay::limits::Limits;
 use agentmesh_relay::{Config as RelayConfig, MemStore, RelayHandle, StartOptions};
 use agentmesh_rendezvous::config::Config as RvConfig;
@@ -102,28 +102,58 @@ impl Services {
     /// rendezvous and relay, no UPnP, no admin listener (a thousand daemons would all
     /// try the default port).
     pub(crate) fn daemon_toml(&self, dir: &Path, name: &str) -> anyhow::Result<String> {
-        let stun: Vec<String> = self
-            .rv
-            .stun_alt_addr
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect();
-        let udp = self.relay.udp_addr.context("relay without UDP")?;
-        let tls = self.relay.tls_addr.context("relay without TLS")?;
-        let text = format!(
-            "socket = \"{d}/{name}.sock\"\nstate_dir = \"{d}/{name}\"\nlisten = \"127.0.0.1:0\"\n\
+        let toml = DaemonToml {
+            socket: &dir.join(format!("{name}.sock")),
+            state_dir: &dir.join(name),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stun: self.rv.stun_alt_addr,
+            rendezvous: (self.rv.udp_addr, self.rv.id),
+            relay_id: self.relay.relay_id,
+            relay_udp: self.relay.udp_addr.context("relay without UDP")?,
+            relay_tls: self.relay.tls_addr.context("relay without TLS")?,
+            workers: self.daemon_workers,
+        };
+        Ok(toml.text())
+    }
+}
+
+/// What a measured daemon's TOML says: where it lives, where it listens, and the
+/// rendezvous (tenant `bench`) and relay it joins. The loopback pairs and the `wan`
+/// part's daemons are written by this one template.
+pub(crate) struct DaemonToml<'a> {
+    pub(crate) socket: &'a Path,
+    pub(crate) state_dir: &'a Path,
+    pub(crate) listen: SocketAddr,
+    pub(crate) stun: Option<SocketAddr>,
+    /// The rendezvous' address and node id.
+    pub(crate) rendezvous: (SocketAddr, NodeId),
+    pub(crate) relay_id: NodeId,
+    pub(crate) relay_udp: SocketAddr,
+    pub(crate) relay_tls: SocketAddr,
+    /// `worker_threads` (0: one per core).
+    pub(crate) workers: usize,
+}
+
+impl DaemonToml<'_> {
+    pub(crate) fn text(&self) -> String {
+        let stun: Vec<String> = self.stun.iter().map(|a| format!("\"{a}\"")).collect();
+        format!(
+            "socket = \"{sock}\"\nstate_dir = \"{state}\"\nlisten = \"{listen}\"\n\
              upnp = false\nadmin = \"\"\nstun_servers = [{stun}]\nworker_threads = {workers}\n\
              [rendezvous]\naddr = \"{rv}\"\nnode_id = \"{rv_id}\"\ntenant = \"bench\"\n\
              token = \"bench-token\"\n\
              [relay]\nnode_id = \"{relay_id}\"\nudp = \"{udp}\"\ntls = \"{tls}\"\n",
-            d = dir.display(),
+            sock = self.socket.display(),
+            state = self.state_dir.display(),
+            listen = self.listen,
             stun = stun.join(", "),
-            rv = self.rv.udp_addr,
-            rv_id = self.rv.id,
-            relay_id = self.relay.relay_id,
-            workers = self.daemon_workers,
-        );
-        Ok(text)
+            rv = self.rendezvous.0,
+            rv_id = self.rendezvous.1,
+            relay_id = self.relay_id,
+            udp = self.relay_udp,
+            tls = self.relay_tls,
+            workers = self.workers,
+        )
     }
 }
 

@@ -493,21 +493,18 @@ fn start_daemon(
     port: u16,
 ) -> anyhow::Result<WanDaemon> {
     let socket = dir.join(format!("{host}.sock"));
-    let text = format!(
-        "socket = \"{sock}\"\nstate_dir = \"{state}\"\nlisten = \"0.0.0.0:{port}\"\n\
-         upnp = false\nadmin = \"\"\nstun_servers = [\"{stun}\"]\n\
-         [rendezvous]\naddr = \"{rv}\"\nnode_id = \"{rv_id}\"\ntenant = \"bench\"\n\
-         token = \"bench-token\"\n\
-         [relay]\nnode_id = \"{relay_id}\"\nudp = \"{udp}\"\ntls = \"{tls}\"\n",
-        sock = socket.display(),
-        state = dir.join(host).display(),
-        stun = c.rv_stun,
-        rv = c.rv,
-        rv_id = c.rv_id,
-        relay_id = c.relay_id,
-        udp = c.relay_udp,
-        tls = c.relay_tls,
-    );
+    let text = crate::mesh::DaemonToml {
+        socket: &socket,
+        state_dir: &dir.join(host),
+        listen: SocketAddr::from(([0, 0, 0, 0], port)),
+        stun: Some(c.rv_stun),
+        rendezvous: (c.rv, c.rv_id),
+        relay_id: c.relay_id,
+        relay_udp: c.relay_udp,
+        relay_tls: c.relay_tls,
+        workers: 0,
+    }
+    .text();
     let config = dir.join(format!("{host}.toml"));
     std::fs::write(&config, text)?;
     let exe = crate::external::daemon_binary()?;
